@@ -80,8 +80,7 @@ class BzImage:
         """Validate ``data`` (the contents of ``path``) as a 64-bit-capable bzImage."""
         if len(data) < SETUP_HEADER_END:
             raise BootError(
-                f"kernel {path}: truncated ({len(data)} bytes, a bzImage header needs "
-                f"{SETUP_HEADER_END})"
+                f"kernel {path}: truncated ({len(data)} bytes, a bzImage header needs {SETUP_HEADER_END})"
             )
         hdr = SetupHeader.from_buffer_copy(data, SETUP_HEADER_OFFSET)
         if hdr.boot_flag != BOOT_FLAG_MAGIC:
@@ -124,4 +123,3 @@ class BzImage:
             header_bytes=bytes(data[SETUP_HEADER_OFFSET:header_end]),
             data=data,
         )
-

@@ -8,6 +8,7 @@ BootError and it never appears in the map, so the guest sees it as a gap it may 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -79,14 +80,16 @@ def build_e820(
     reported as nothing; ``pci_hole`` is (start, end) and must not intersect any RAM region.
     """
     regions = sorted((gpa, size) for gpa, size in ram_regions if size > 0)
+    if regions and regions[0][0] < 0:
+        raise BootError(f"memory map: RAM region at negative address {regions[0][0]}")
     if not regions:
         raise BootError("memory map: no RAM regions")
-    for (gpa, size), (next_gpa, _) in zip(regions, regions[1:], strict=False):
+    for (gpa, size), (next_gpa, _) in itertools.pairwise(regions):
         if gpa + size > next_gpa:
             raise BootError(f"memory map: RAM regions at 0x{gpa:x} and 0x{next_gpa:x} overlap")
     hole_start, hole_end = pci_hole
     for gpa, size in regions:
-        if gpa < 0 or gpa < hole_end and gpa + size > hole_start:
+        if gpa < hole_end and gpa + size > hole_start:
             raise BootError(
                 f"memory map: RAM region 0x{gpa:x}-0x{gpa + size:x} overlaps the PCI hole "
                 f"0x{hole_start:x}-0x{hole_end:x}"

@@ -59,9 +59,7 @@ CODE64_SEGMENT = Segment(
 DATA_SEGMENT = Segment(
     base=0, limit=MAX_LIMIT, selector=BOOT_DS, type=SEG_TYPE_DATA_RW_ACCESSED, db=True, g=True
 )
-TSS_SEGMENT = Segment(
-    base=TSS_ADDR, limit=TSS_SIZE - 1, selector=BOOT_TSS, type=SEG_TYPE_TSS64_BUSY, s=False
-)
+TSS_SEGMENT = Segment(base=TSS_ADDR, limit=TSS_SIZE - 1, selector=BOOT_TSS, type=SEG_TYPE_TSS64_BUSY, s=False)
 
 
 def encode_descriptor(segment: Segment) -> bytes:
