@@ -87,8 +87,8 @@ class Chardev:
             self._update_watch()
             return
         data = self._read_input(min(room, READ_CHUNK))
-        if data and self.frontend is not None:
-            self.frontend.receive(data)
+        if data:
+            self._deliver(data)
         self._update_watch()
 
     # The loop owner may prefer this spelling.
@@ -99,6 +99,11 @@ class Chardev:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._update_watch)
+
+    def _deliver(self, data: bytes) -> None:
+        """Hand input to the frontend (backends with escape keys filter here)."""
+        if self.frontend is not None:
+            self.frontend.receive(data)
 
     def _read_input(self, limit: int) -> bytes:
         """Read at most `limit` bytes of pending input without blocking."""
@@ -166,3 +171,12 @@ def write_all_fd(fd: int, data: bytes, what: str) -> None:
 
 def _wait_writable(fd: int) -> None:
     select.select([], [fd], [], 1.0)
+
+
+def fd_is_readable(fd: int) -> bool:
+    """True when a read of `fd` would not block."""
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
