@@ -1,0 +1,73 @@
+"""Guest RAM backed by one memfd, with zero-copy views."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from kvmkit.errors import GuestError
+from kvmkit.memory.guest_memory import GuestMemory
+from kvmkit.memory.layout import RamLayout, RamRange
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def memory() -> Iterator[GuestMemory]:
+    ram = GuestMemory(4 * MiB)
+    yield ram
+    ram.close()
+
+
+def test_regions_follow_the_layout(memory: GuestMemory) -> None:
+    assert [(r.gpa, r.size, r.memfd_offset) for r in memory.regions] == [(0, 0xA0000, 0), (MiB, 3 * MiB, MiB)]
+
+
+def test_a_view_aliases_the_memfd_at_its_offset(memory: GuestMemory) -> None:
+    memory.view(MiB + 16, 4)[:] = b"kvmk"
+    assert os.pread(memory.fd, 4, MiB + 16) == b"kvmk"
+
+
+def test_view_up_to_the_last_byte_of_a_region_is_allowed(memory: GuestMemory) -> None:
+    assert len(memory.view(0xA0000 - 8, 8)) == 8
+
+
+def test_view_crossing_the_640k_hole_names_the_address(memory: GuestMemory) -> None:
+    with pytest.raises(GuestError, match="0x9fffc"):
+        memory.view(0x9FFFC, 8)
+
+
+def test_view_past_the_end_of_ram_is_a_guest_error(memory: GuestMemory) -> None:
+    with pytest.raises(GuestError):
+        memory.view(4 * MiB - 2, 4)
+
+
+def test_negative_address_or_length_is_a_guest_error(memory: GuestMemory) -> None:
+    with pytest.raises(GuestError):
+        memory.view(-1, 2)
+    with pytest.raises(GuestError):
+        memory.view(0x1000, -1)
+
+
+def test_region_at_returns_none_in_a_hole(memory: GuestMemory) -> None:
+    assert memory.region_at(0xB8000) is None
+    assert memory.region_at(MiB).gpa == MiB
+
+
+def test_host_address_points_at_the_mapping(memory: GuestMemory) -> None:
+    import ctypes
+
+    memory.view(MiB, 3)[:] = b"abc"
+    assert ctypes.string_at(memory.regions[1].host_address, 3) == b"abc"
+
+
+def test_custom_layout_with_adjacent_ranges_is_honoured() -> None:
+    layout = RamLayout(0x4000, (RamRange(0, 0x2000, 0), RamRange(0x2000, 0x2000, 0x2000)))
+    ram = GuestMemory(0x4000, layout)
+    try:
+        assert len(ram.regions) == 2
+        assert ram.view(0x2000, 0x2000).nbytes == 0x2000
+    finally:
+        ram.close()
