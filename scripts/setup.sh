@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything kvmkit needs on a Debian 12 machine (as root): Debian packages, the venv, the guest images.
+# Idempotent and quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    qemu-system-x86 qemu-utils busybox-static e2fsprogs passt iperf3 fio iproute2
+    python3 python3-venv python3-pip ca-certificates
+)
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+stamp=.venv/.kvmkit-setup
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[dev]'
+    echo "$want" > "$stamp"
+fi
+
+# Guest kernels and initramfs images (cached under ~/.cache/kvmkit, keyed by content).
+.venv/bin/kvmkit guest build --flavor generic > /dev/null
+.venv/bin/kvmkit guest build --flavor cloud > /dev/null

@@ -1,0 +1,58 @@
+"""`kvmkit guest build`: a guest kernel and initramfs from Debian's packages, cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from kvmkit.guest.debian_kernel import cache_root, fetch_kernel
+from kvmkit.guest.initramfs import BUSYBOX, build_initramfs
+from kvmkit.guest.kernel_modules import ModuleTree
+
+GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng")
+BUILDER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class GuestAssets:
+    """A bootable guest: kernel, initramfs and what they were built from."""
+
+    flavor: str
+    kernel: Path
+    initrd: Path
+    kernel_package: str
+    kernel_version: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"flavor": self.flavor, "kernel": str(self.kernel), "initrd": str(self.initrd),
+                "kernel_package": self.kernel_package, "kernel_version": self.kernel_version}
+
+
+def guest_init_script() -> str:
+    return resources.files("kvmkit.guest").joinpath("init.sh").read_text()
+
+
+def content_key(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
+
+
+def build_guest(flavor: str = "generic") -> GuestAssets:
+    """Build (or reuse from the cache) the flavour's guest kernel and initramfs."""
+    kernel = fetch_kernel(flavor)
+    init = guest_init_script()
+    key = content_key(BUILDER_VERSION.encode(), kernel.package.encode(), kernel.version.encode(), init.encode(),
+                      ",".join(GUEST_MODULES).encode(), hashlib.sha256(BUSYBOX.read_bytes()).digest())
+    initrd = cache_root() / "guests" / f"{flavor}-{key}" / "initrd.img"
+    if not initrd.exists():
+        initrd.parent.mkdir(parents=True, exist_ok=True)
+        image = build_initramfs(init, ModuleTree(kernel.modules), GUEST_MODULES)
+        partial = initrd.with_suffix(".partial")
+        partial.write_bytes(image)
+        os.replace(partial, initrd)
+    return GuestAssets(flavor, kernel.vmlinuz, initrd, kernel.package, kernel.version)

@@ -1,0 +1,138 @@
+"""`kvmkit lab -- COMMAND`: run a command inside a nested KVM host under QEMU TCG.
+
+The lab boots Debian's generic kernel on an emulated AMD SVM CPU (`-cpu max`), loads `kvm_amd` so that `/dev/kvm`
+is real-hardware-like, mounts the host's root read-only over 9p, the working directory read-write at the same path,
+and runs COMMAND there. It has no network device: nothing sent inside the lab can leave it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from kvmkit.errors import HostError
+from kvmkit.lab.assets import build_lab_assets
+
+LAB_FAILED = 125
+# Variables that describe the caller's session rather than the job; the lab does not inherit them.
+UNSHARED_VARIABLES = {"DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_RUNTIME_DIR",
+                      "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "OLDPWD", "PWD", "SHLVL", "_"}
+KERNEL_COMMAND_LINE = "console=ttyS0 panic=-1 quiet loglevel=4 8250.nr_uarts=4 tsc=unstable"
+
+
+@dataclass
+class LabOptions:
+    """How big the lab is and how long a job may take."""
+
+    smp: int = 2
+    mem: str = "4G"
+    timeout: float = 3600.0
+    show_console: bool = False
+    workdir: Path = field(default_factory=Path.cwd)
+
+
+def _job_script(command: list[str], workdir: Path) -> str:
+    lines = ["#!/bin/sh"]
+    for name, value in sorted(os.environ.items()):
+        if name in UNSHARED_VARIABLES or not name.isidentifier():
+            continue
+        lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append("export KVMKIT_IN_LAB=1")
+    lines.append(f"cd {shlex.quote(str(workdir))} || exit {LAB_FAILED}")
+    lines.append("exec " + shlex.join(command))
+    return "\n".join(lines) + "\n"
+
+
+def qemu_command(options: LabOptions, io_dir: Path) -> list[str]:
+    """The QEMU command line that boots the lab (TCG, SVM, no NIC, three 9p shares, three serial ports)."""
+    assets = build_lab_assets()
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise HostError("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    share = "security_model=none,multidevs=remap"
+    return [
+        qemu, "-accel", "tcg,thread=multi,tb-size=1024", "-cpu", "max", "-M", "pc",
+        "-smp", str(options.smp), "-m", options.mem,
+        "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none", "-nic", "none",
+        "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", KERNEL_COMMAND_LINE,
+        "-serial", f"file:{io_dir / 'console.log'}",
+        "-serial", f"file:{io_dir / 'stdout'}",
+        "-serial", f"file:{io_dir / 'stderr'}",
+        "-virtfs", f"local,path=/,mount_tag=host,readonly=on,{share}",
+        "-virtfs", f"local,path={io_dir},mount_tag=io,{share}",
+        "-virtfs", f"local,path={options.workdir},mount_tag=work,{share}",
+    ]
+
+
+class _Relay:
+    """Copies what the lab writes into a file to one of our own streams, as it arrives."""
+
+    def __init__(self, path: Path, sink: BinaryIO) -> None:
+        self.path, self.sink, self.offset = path, sink, 0
+
+    def pump(self) -> None:
+        try:
+            with self.path.open("rb") as source:
+                source.seek(self.offset)
+                data = source.read()
+        except FileNotFoundError:
+            return
+        if data:
+            self.offset += len(data)
+            self.sink.write(data)
+            self.sink.flush()
+
+
+def run_in_lab(command: list[str], options: LabOptions) -> int:
+    """Run COMMAND in the lab; returns its exit status, or LAB_FAILED with a message on stderr."""
+    if not command:
+        raise HostError("kvmkit lab needs a command after `--`")
+    workdir = options.workdir.resolve()
+    with tempfile.TemporaryDirectory(prefix="kvmkit-lab-") as tmp:
+        io_dir = Path(tmp)
+        (io_dir / "job.sh").write_text(_job_script(command, workdir))
+        (io_dir / "workdir").write_text(str(workdir))
+        argv = qemu_command(options, io_dir)
+        relays = [_Relay(io_dir / "stdout", sys.stdout.buffer), _Relay(io_dir / "stderr", sys.stderr.buffer)]
+        if options.show_console:
+            relays.append(_Relay(io_dir / "console.log", sys.stderr.buffer))
+        started = time.monotonic()
+        with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as qemu:
+            timed_out = False
+            while qemu.poll() is None:
+                for relay in relays:
+                    relay.pump()
+                if time.monotonic() - started > options.timeout:
+                    qemu.kill()
+                    timed_out = True
+                time.sleep(0.05)
+            qemu_output = qemu.stdout.read().decode(errors="replace") if qemu.stdout else ""
+        for relay in relays:
+            relay.pump()
+        status_file = io_dir / "status"
+        if timed_out:
+            return _lab_failure(f"the job did not finish within {options.timeout:.0f} s", io_dir)
+        if not status_file.exists():
+            detail = f"QEMU exited with {qemu.returncode}" + (f": {qemu_output.strip()}" if qemu_output else "")
+            return _lab_failure(f"the lab stopped without reporting a status ({detail})", io_dir)
+        return int(status_file.read_text().strip() or LAB_FAILED)
+
+
+def _lab_failure(message: str, io_dir: Path) -> int:
+    console = io_dir / "console.log"
+    tail = console.read_text(errors="replace").splitlines()[-15:] if console.exists() else []
+    print(f"kvmkit lab: {message}", file=sys.stderr)
+    if tail:
+        print("kvmkit lab: last lines of the lab's console:", file=sys.stderr)
+        for line in tail:
+            print(f"  {line}", file=sys.stderr)
+    return LAB_FAILED

@@ -1,0 +1,33 @@
+"""`kvmkit lab` boots the nested KVM host, runs a command there and hands back its output and status."""
+
+import subprocess
+import sys
+
+
+def kvmkit_lab(*command: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmkit.cli.main", "lab", "--", *command],
+                          capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
+
+
+def test_lab_has_svm_and_kvm_and_shares_the_working_directory(tmp_path):
+    script = ("grep -c svm /proc/cpuinfo; test -c /dev/kvm && echo kvm-is-a-char-device; pwd; "
+              "echo note-on-stderr >&2; echo written-in-lab > result.txt; exit 3")
+    done = kvmkit_lab("sh", "-c", script, cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    lines = done.stdout.splitlines()
+    assert int(lines[0]) >= 1
+    assert "kvm-is-a-char-device" in lines
+    assert str(tmp_path) in lines
+    assert "note-on-stderr" in done.stderr
+    assert (tmp_path / "result.txt").read_text() == "written-in-lab\n"
+
+
+def test_lab_passes_on_a_failing_status(tmp_path):
+    done = kvmkit_lab("false", cwd=tmp_path)
+    assert done.returncode == 1
+
+
+def test_lab_without_command_is_an_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "kvmkit.cli.main", "lab"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and "command" in done.stderr
