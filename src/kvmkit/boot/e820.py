@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from kvmkit.errors import BootError
+from kvmkit.memory.layout import HIGH_RAM_START, LOW_RAM_END, PCI_HOLE_END, PCI_HOLE_START
 
 
 class E820Type(IntEnum):
@@ -42,10 +43,8 @@ class E820Entry:
 
 EBDA_START = 0x9FC00
 """The last KB of base memory: where our MP table lives (Linux scans it for the MP floating pointer)."""
-LEGACY_HOLE_START = 0xA0000
-LEGACY_HOLE_END = 0x100000
-PCI_HOLE_START = 0xC0000000
-PCI_HOLE_END = 0x1_0000_0000
+LEGACY_HOLE_START = LOW_RAM_END
+LEGACY_HOLE_END = HIGH_RAM_START
 
 DEFAULT_RESERVED: tuple[tuple[int, int], ...] = ((EBDA_START, LEGACY_HOLE_START - EBDA_START),)
 """Reserved (gpa, size) ranges reported as E820Type.RESERVED when they lie inside RAM."""

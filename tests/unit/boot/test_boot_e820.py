@@ -53,3 +53,15 @@ def test_no_ram_is_rejected():
 def test_reserved_range_outside_ram_is_not_reported():
     entries = build_e820([(0x100000, 64 * MIB)])
     assert all(entry.type == E820Type.RAM for entry in entries)
+
+
+def test_pc_ram_layout_regions_map_to_expected_e820():
+    from kvmkit.memory.layout import pc_ram_layout
+
+    regions = [(r.gpa, r.size) for r in pc_ram_layout(4 * GIB).ranges]
+    assert build_e820(regions) == [
+        E820Entry(0, 0x9FC00, E820Type.RAM),
+        E820Entry(0x9FC00, 0x400, E820Type.RESERVED),
+        E820Entry(0x100000, 3 * GIB - 0x100000, E820Type.RAM),
+        E820Entry(4 * GIB, 1 * GIB, E820Type.RAM),
+    ]

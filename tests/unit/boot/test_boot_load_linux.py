@@ -189,3 +189,12 @@ def test_too_many_vcpus_fail_before_anything_is_written(make_bzimage, fake_ram_f
     with pytest.raises(BootError, match="500 vCPUs"):
         load_linux(ram, regions, make_bzimage(), None, "", 500)
     assert ram.pages == {}
+
+
+def test_loads_into_pc_ram_layout_regions(setup):
+    from kvmkit.memory.layout import pc_ram_layout
+
+    regions = [(r.gpa, r.size) for r in pc_ram_layout(128 * MIB).ranges]
+    ram, state = setup(regions=regions)
+    assert state.rip == 0x100200
+    assert _zero_page(ram).e820_entries == 3
