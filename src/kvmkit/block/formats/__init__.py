@@ -1,0 +1,1 @@
+"""Image formats stacked on a protocol."""

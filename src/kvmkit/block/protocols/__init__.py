@@ -1,0 +1,1 @@
+"""Protocols: where image bytes live (host files)."""
