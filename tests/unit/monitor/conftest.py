@@ -67,8 +67,9 @@ class FakeMachine:
 
     def cpus(self) -> list[dict[str, Any]]:
         return [
-            {"cpu-index": index, "qom-path": f"/machine/unattached/device[{index}]", "thread-id": 4000 + index,
-             "props": {"socket-id": 0, "core-id": index, "thread-id": 0}, "target": "x86_64"}
+            {"cpu-index": index, "qom-path": f"/machine/unattached/device[{index}]",
+             "thread-id": 4000 + index, "props": {"socket-id": 0, "core-id": index, "thread-id": 0},
+             "target": "x86_64"}
             for index in range(2)
         ]
 

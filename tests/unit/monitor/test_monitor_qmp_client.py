@@ -115,7 +115,8 @@ def test_system_reset_emits_reset_event(qmp_path: str) -> None:
 
 
 def test_powerdown_failure_reaches_client_as_generic_error(qmp_path: str) -> None:
-    assert execute_error(qmp_path, "system_powerdown") == ("GenericError", "the machine has no ACPI power button")
+    assert execute_error(qmp_path, "system_powerdown") == ("GenericError",
+                                                           "the machine has no ACPI power button")
 
 
 def test_cont_after_shutdown_requires_reset(machine: Any, qmp_path: str) -> None:
@@ -134,7 +135,8 @@ def test_missing_argument_is_reported_by_name(qmp_path: str) -> None:
 
 
 def test_human_monitor_command_returns_hmp_text(qmp_path: str) -> None:
-    assert execute(qmp_path, "human-monitor-command", {"command-line": "info status"}) == "VM status: running\n"
+    text = execute(qmp_path, "human-monitor-command", {"command-line": "info status"})
+    assert text == "VM status: running\n"
 
 
 def test_human_monitor_command_uses_given_cpu_index(qmp_path: str) -> None:
