@@ -1,1 +1,1 @@
-"""chardev"""
+"""Character backends (stdio, file, socket, pty, null, mux) and QEMU -chardev/-serial parsing."""

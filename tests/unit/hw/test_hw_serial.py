@@ -260,3 +260,16 @@ def test_out_of_range_offsets_are_ignored() -> None:
     uart.write(9, 1, 0xFF)
     assert uart.read(9, 1) == 0xFF
     assert uart.save() == UartState()
+
+
+def test_linux_fifo_probe_sequence_identifies_a_16550a_without_64_byte_fifo() -> None:
+    uart, _, _ = make_uart()
+    uart.write(R.LCR, 1, 0xBF)  # 16650 EFR access attempt
+    uart.write(R.IIR_FCR, 1, 0)
+    uart.write(R.LCR, 1, 0)
+    uart.write(R.IIR_FCR, 1, Fcr.ENABLE)
+    assert uart.read(R.IIR_FCR, 1) >> 6 == 3
+    uart.write(R.LCR, 1, Lcr.DLAB)
+    uart.write(R.IIR_FCR, 1, Fcr.ENABLE | 0x20)  # 16750 64-byte FIFO bit
+    uart.write(R.LCR, 1, 0)
+    assert uart.read(R.IIR_FCR, 1) >> 5 == 6
