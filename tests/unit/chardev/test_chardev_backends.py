@@ -200,3 +200,20 @@ def test_stdio_stops_reading_at_end_of_input() -> None:
     chardev.on_readable()
     assert chardev.fileno_for_input() is None
     os.close(read_end)
+
+
+def test_stdio_on_a_terminal_is_raw_while_open_and_restored_on_close() -> None:
+    import signal
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        handler_before = signal.getsignal(signal.SIGTERM)
+        chardev = StdioChardev("con", input_fd=slave, output_fd=slave)
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO
+        chardev.close()
+        assert termios.tcgetattr(slave)[3] & termios.ECHO
+        assert signal.getsignal(signal.SIGTERM) == handler_before
+    finally:
+        os.close(master)
+        os.close(slave)
