@@ -2,7 +2,7 @@
 
 Tests poke configuration space through 0xCF8/0xCFC, map BARs and drive virtio devices the way
 the Linux driver does, then assert on guest memory. The real kvmkit memory classes are used when
-they exist; until then small stand-ins with the same signatures are used.
+the real kvmkit memory classes (GuestMemory, DmaSpace, IoBus) back it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kvmkit.errors import GuestError, KvmkitError
-from kvmkit.hw.device import IoHandler
 from kvmkit.hw.pci.bus import PciBus, devfn_of
 from kvmkit.hw.pci.config_space import COMMAND_BUS_MASTER, COMMAND_IO, COMMAND_MEMORY
 from kvmkit.hw.pci.device import PciDevice
@@ -37,81 +35,12 @@ from kvmkit.hw.virtio.virtqueue import (
     SplitRingLayout,
     VirtqDesc,
 )
+from kvmkit.memory.address_space import IoBus
+from kvmkit.memory.dma import DmaSpace
+from kvmkit.memory.guest_memory import GuestMemory
 
 MMIO_WINDOW_BASE = 0xE000_0000
 PIO_WINDOW_BASE = 0xC000
-
-
-class FallbackDmaSpace:
-    """Stand-in for kvmkit.memory.dma.DmaSpace over one bytearray of RAM at guest address 0."""
-
-    def __init__(self, size: int) -> None:
-        self.ram = bytearray(size)
-        self._mem = memoryview(self.ram)
-
-    def view(self, addr: int, length: int) -> memoryview:
-        if addr < 0 or length < 0 or addr + length > len(self.ram):
-            raise GuestError(f"DMA [{addr:#x}, +{length:#x}) is outside guest RAM")
-        return self._mem[addr : addr + length]
-
-    def views(self, addr: int, length: int) -> list[memoryview]:
-        view = self.view(addr, length)
-        return [view] if length else []
-
-    def read(self, addr: int, length: int) -> bytes:
-        return bytes(self.view(addr, length))
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.view(addr, len(data))[:] = data
-
-    def ld16_le(self, addr: int) -> int:
-        return int.from_bytes(self.view(addr, 2), "little")
-
-    def ld32_le(self, addr: int) -> int:
-        return int.from_bytes(self.view(addr, 4), "little")
-
-    def ld64_le(self, addr: int) -> int:
-        return int.from_bytes(self.view(addr, 8), "little")
-
-    def st16_le(self, addr: int, value: int) -> None:
-        self.write(addr, value.to_bytes(2, "little"))
-
-    def st32_le(self, addr: int, value: int) -> None:
-        self.write(addr, value.to_bytes(4, "little"))
-
-    def st64_le(self, addr: int, value: int) -> None:
-        self.write(addr, value.to_bytes(8, "little"))
-
-
-class FallbackIoBus:
-    """Stand-in for kvmkit.memory.address_space.IoBus."""
-
-    def __init__(self) -> None:
-        self.windows: dict[int, tuple[int, IoHandler, str]] = {}
-
-    def register(self, base: int, length: int, handler: IoHandler, name: str) -> None:
-        for other, (other_len, _, other_name) in self.windows.items():
-            if base < other + other_len and other < base + length:
-                raise KvmkitError(f"I/O window {name} at {base:#x} overlaps {other_name}")
-        self.windows[base] = (length, handler, name)
-
-    def unregister(self, base: int) -> None:
-        del self.windows[base]
-
-    def _find(self, addr: int) -> tuple[int, IoHandler] | None:
-        for base, (length, handler, _) in self.windows.items():
-            if base <= addr < base + length:
-                return base, handler
-        return None
-
-    def read(self, addr: int, size: int) -> int:
-        found = self._find(addr)
-        return (1 << (8 * size)) - 1 if found is None else found[1].read(addr - found[0], size)
-
-    def write(self, addr: int, size: int, value: int) -> None:
-        found = self._find(addr)
-        if found is not None:
-            found[1].write(addr - found[0], size, value)
 
 
 class RecordingMsiSink:
@@ -158,9 +87,10 @@ class QtestMachine:
     """RAM + DMA + buses + PCI host bridge; `ram_size` bytes of RAM at guest address 0."""
 
     def __init__(self, ram_size: int = 16 << 20) -> None:
-        self.dma = FallbackDmaSpace(ram_size)
-        self.pio = FallbackIoBus()
-        self.mmio = FallbackIoBus()
+        self.memory = GuestMemory(ram_size)
+        self.dma = DmaSpace(self.memory)
+        self.pio = IoBus.pio()
+        self.mmio = IoBus.mmio()
         self.msi = RecordingMsiSink()
         self.irq_lines: dict[int, RecordingIrqLine] = {}
         self.bus = PciBus(self.pio, self.mmio, IntxRouter(self._line))
@@ -253,7 +183,7 @@ class DriverQueue:
         return SplitRingLayout(self.size)
 
     @property
-    def dma(self) -> FallbackDmaSpace:
+    def dma(self) -> DmaSpace:
         return self.driver.machine.dma
 
     def write_desc(self, table: int, index: int, addr: int, length: int, flags: int, next_index: int) -> None:
