@@ -1,0 +1,1 @@
+"""VMDK: monolithicSparse (hosted sparse extent), monolithicFlat and multi-extent descriptors."""
