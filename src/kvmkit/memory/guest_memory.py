@@ -7,6 +7,7 @@ import logging
 import mmap
 import os
 
+from kvmkit.accel.base import AcceleratedVm
 from kvmkit.errors import GuestError, HostError
 from kvmkit.memory.layout import RamLayout, RamRange, pc_ram_layout
 
@@ -83,6 +84,12 @@ class GuestMemory:
                     self._last_hit = region
                     return region
         raise GuestError(f"guest memory: {length:#x} bytes at {gpa:#x} are not inside one RAM region")
+
+    def map_into(self, vm: AcceleratedVm, first_slot: int = 0) -> int:
+        """Register every region as a KVM memory slot from `first_slot`; returns the next free slot."""
+        for slot, region in enumerate(self.regions, start=first_slot):
+            vm.set_user_memory_region(slot, region.gpa, region.size, region.host_address)
+        return first_slot + len(self.regions)
 
     def close(self) -> None:
         """Unmap every region and close the memfd."""

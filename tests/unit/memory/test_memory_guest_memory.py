@@ -71,3 +71,27 @@ def test_custom_layout_with_adjacent_ranges_is_honoured() -> None:
         assert ram.view(0x2000, 0x2000).nbytes == 0x2000
     finally:
         ram.close()
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+def test_map_into_registers_each_region_as_a_kvm_slot(memory: GuestMemory) -> None:
+    from kvmkit.accel.kvm import ExitReason, Kvm
+
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    try:
+        assert memory.map_into(vm) == 2
+        # out 0x80, al; hlt — run in real mode from the memfd-backed low RAM
+        memory.view(0x1000, 3)[:] = bytes([0xE6, 0x80, 0xF4])
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        sregs.cs.base, sregs.cs.selector = 0, 0
+        vcpu.set_sregs(sregs)
+        regs = vcpu.get_regs()
+        regs.rip, regs.rflags = 0x1000, 2
+        vcpu.set_regs(regs)
+        assert vcpu.run() == ExitReason.IO and vcpu.kvm_run.io.port == 0x80
+        vcpu.close()
+    finally:
+        vm.close()
+        kvm.close()

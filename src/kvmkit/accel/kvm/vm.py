@@ -63,7 +63,10 @@ class KvmVm(KvmFd):
 
     def set_tss_addr(self, addr: int) -> None:
         """Place the three-page TSS region KVM needs on Intel (below 4 GiB, outside RAM)."""
-        self.ioctl(ioctls.KVM_SET_TSS_ADDR, addr, f"KVM_SET_TSS_ADDR {addr:#x}")
+        if not 0 <= addr <= 0xFFFF_FFFF - 3 * 0x1000 + 1 or addr % 0x1000:
+            raise ConfigError(f"TSS address {addr:#x} must be page aligned and below 4 GiB")
+        # fcntl.ioctl takes a C int; the kernel reads the low 32 bits of the unsigned argument.
+        self.ioctl(ioctls.KVM_SET_TSS_ADDR, ctypes.c_int32(addr).value, f"KVM_SET_TSS_ADDR {addr:#x}")
 
     def set_identity_map_addr(self, addr: int) -> None:
         """Place the one-page EPT identity map KVM needs on Intel."""
