@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -62,7 +63,33 @@ def register_protocol_commands(commands: CommandRegistry) -> None:
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:
-    return json.dumps(message, separators=(", ", ": ")).encode() + b"\r\n"
+    return json.dumps(message, separators=(", ", ": "), allow_nan=False).encode() + b"\r\n"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid literal '{name}'")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number '{text[:32]}' out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key '{key[:64]}'")
+        result[key] = value
+    return result
+
+
+def parse_request(text: bytes) -> Any:
+    """Strict JSON as QEMU accepts it: no NaN/Infinity, finite numbers, no duplicate keys."""
+    return json.loads(text.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+                      object_pairs_hook=_unique_keys)
 
 
 class _Session:
@@ -148,7 +175,7 @@ class _Session:
 
     async def handle_text(self, text: bytes) -> dict[str, Any]:
         try:
-            request = json.loads(text.decode("utf-8"))
+            request = parse_request(text)
         except UnicodeDecodeError:
             return _error_reply(generic_error("JSON parse error, invalid UTF-8 sequence"))
         except RecursionError:

@@ -198,3 +198,20 @@ def test_random_garbage_then_well_formed_command_succeeds(raw: Any) -> None:
     while reply.get("id") != "final":
         reply = raw.receive_reply()
     assert reply == {"return": {"running": True, "singlestep": False, "status": "running"}, "id": "final"}
+
+
+def test_duplicate_keys_are_a_parse_error(raw: Any) -> None:
+    raw.send(b'{"execute": "quit", "execute": "query-name"}\n')
+    assert error_of(raw.receive()) == ("GenericError", "JSON parse error, duplicate key 'execute'")
+
+
+def test_non_finite_numbers_are_a_parse_error(raw: Any) -> None:
+    raw.send(b'{"execute": "query-name", "id": NaN}{"execute": "query-name", "id": 1e999}\n')
+    assert [raw.receive()["error"]["desc"], raw.receive()["error"]["desc"]] == [
+        "JSON parse error, invalid literal 'NaN'", "JSON parse error, number '1e999' out of range"]
+
+
+def test_reply_that_is_not_json_becomes_an_error(hub: MonitorHub, raw: Any) -> None:
+    hub.commands.command("x-nan")(lambda: float("nan"))
+    reply = raw.command("x-nan", id=3)
+    assert (reply["error"]["class"], reply["id"]) == ("GenericError", 3)
