@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvmkit.accel.kvm import ExitReason, Kvm, KvmVcpu
-from kvmkit.accel.kvm.structs import KVM_EXIT_IO_OUT
+from kvmkit.accel.kvm.structs import KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT
 
 pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
 
@@ -111,3 +111,34 @@ def test_kick_signal_alone_interrupts_kvm_run_because_ioctl_does_not_retry_on_ei
     vcpu.kick()
     thread.join(timeout=5)
     assert results == [ExitReason.INTR]
+
+
+# mov dx, 0x60; in al, dx; out 0x80, al; hlt
+IN_THEN_ECHO = bytes([0xBA, 0x60, 0x00, 0xEC, 0xE6, 0x80, 0xF4])
+# mov ax, 0x2000; mov ds, ax; mov al, 0x77; mov [0], al; mov al, [4]; out 0x80, al; hlt
+MMIO_WRITE_READ_ECHO = bytes(
+    [0xB8, 0x00, 0x20, 0x8E, 0xD8, 0xB0, 0x77, 0xA2, 0x00, 0x00, 0xA0, 0x04, 0x00, 0xE6, 0x80, 0xF4]
+)
+
+
+def test_data_written_into_an_in_exit_reaches_the_guest(real_mode_vcpu) -> None:
+    vcpu, ram = real_mode_vcpu
+    ram[CODE_ADDR : CODE_ADDR + len(IN_THEN_ECHO)] = IN_THEN_ECHO
+    assert vcpu.run() == ExitReason.IO
+    assert (vcpu.kvm_run.io.port, vcpu.kvm_run.io.direction) == (0x60, KVM_EXIT_IO_IN)
+    vcpu.io_data()[:] = b"\x5a"
+    assert vcpu.run() == ExitReason.IO
+    assert (vcpu.kvm_run.io.port, bytes(vcpu.io_data())) == (0x80, b"\x5a")
+
+
+def test_mmio_exits_carry_address_and_data_in_both_directions(real_mode_vcpu) -> None:
+    vcpu, ram = real_mode_vcpu
+    ram[CODE_ADDR : CODE_ADDR + len(MMIO_WRITE_READ_ECHO)] = MMIO_WRITE_READ_ECHO
+    assert vcpu.run() == ExitReason.MMIO
+    mmio = vcpu.kvm_run.mmio
+    assert (mmio.phys_addr, mmio.len, mmio.is_write, bytes(vcpu.mmio_data())) == (0x20000, 1, 1, b"\x77")
+    assert vcpu.run() == ExitReason.MMIO
+    assert (mmio.phys_addr, mmio.len, mmio.is_write) == (0x20004, 1, 0)
+    vcpu.mmio_data()[:] = b"\x42"
+    assert vcpu.run() == ExitReason.IO
+    assert bytes(vcpu.io_data()) == b"\x42"
