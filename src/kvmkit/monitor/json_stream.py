@@ -8,8 +8,11 @@ the splitter, which is how a client resynchronises after sending garbage.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _STRING_STOP = re.compile(rb'["\\\x00-\x1f\xfe\xff]')
 _NESTED_STOP = re.compile(rb'[{}\[\]"\x00-\x08\x0b\x0c\x0e-\x1f\xfe\xff]')
@@ -141,3 +144,29 @@ class JsonMessageSplitter:
     def _lexical_error(self, byte: int) -> StreamError:
         self._reset()
         return StreamError(f"invalid byte 0x{byte:02x} in input")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid literal '{name}'")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number '{text[:32]}' out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key '{key[:64]}'")
+        result[key] = value
+    return result
+
+
+def parse_request(text: bytes) -> Any:
+    """Strict JSON as QEMU accepts it: no NaN/Infinity, finite numbers, no duplicate keys."""
+    return json.loads(text.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+                      object_pairs_hook=_unique_keys)

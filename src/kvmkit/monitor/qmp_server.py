@@ -10,19 +10,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from kvmkit.monitor.errors import ErrorClass, QmpError, generic_error
-from kvmkit.monitor.json_stream import JsonMessageSplitter, StreamError
+from kvmkit.monitor.json_stream import JsonMessageSplitter, StreamError, parse_request
 from kvmkit.monitor.listeners import close_listener, open_listener
 from kvmkit.monitor.loop_thread import MonitorThread
 from kvmkit.monitor.registry import CommandRegistry, EventRegistry
-from kvmkit.monitor.schema import ENUM_QMP_CAPABILITY, Member, ObjectType
-from kvmkit.monitor.schema import ListType as _ListType
+from kvmkit.monitor.schema import ENUM_QMP_CAPABILITY, ListType, Member, ObjectType
 from kvmkit.monitor.spec import TcpEndpoint, UnixEndpoint
 
 log = logging.getLogger(__name__)
@@ -33,7 +31,7 @@ REQUEST_KEYS = frozenset({"execute", "arguments", "id"})
 
 QMP_CAPABILITIES_ARGS = ObjectType(
     "q_obj_qmp_capabilities-arg",
-    (Member("enable", _ListType(ENUM_QMP_CAPABILITY), optional=True,
+    (Member("enable", ListType(ENUM_QMP_CAPABILITY), optional=True,
             doc="Capabilities to enable; this server offers none."),),
 )
 
@@ -64,32 +62,6 @@ def register_protocol_commands(commands: CommandRegistry) -> None:
 
 def _encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(", ", ": "), allow_nan=False).encode() + b"\r\n"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid literal '{name}'")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number '{text[:32]}' out of range")
-    return value
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key '{key[:64]}'")
-        result[key] = value
-    return result
-
-
-def parse_request(text: bytes) -> Any:
-    """Strict JSON as QEMU accepts it: no NaN/Infinity, finite numbers, no duplicate keys."""
-    return json.loads(text.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
-                      object_pairs_hook=_unique_keys)
 
 
 class _Session:

@@ -54,14 +54,19 @@ class BuiltinType(SchemaType):
     description: str
 
     def validate(self, value: Any, path: str) -> Any:
-        ok = {
-            "string": lambda: isinstance(value, str),
-            "int": lambda: isinstance(value, int) and not isinstance(value, bool),
-            "boolean": lambda: isinstance(value, bool),
-            "number": lambda: isinstance(value, int | float) and not isinstance(value, bool),
-            "null": lambda: value is None,
-            "value": lambda: True,
-        }[self.json_type]()
+        match self.json_type:
+            case "string":
+                ok = isinstance(value, str)
+            case "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            case "boolean":
+                ok = isinstance(value, bool)
+            case "number":
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            case "null":
+                ok = value is None
+            case _:
+                ok = True
         if not ok:
             raise self._expects(path)
         if self.json_type == "int" and not INT64_MIN <= value <= INT64_MAX:
