@@ -19,6 +19,9 @@ class AcceleratedVcpu(Protocol):
     def kick(self) -> None:
         """From any thread: make run() return soon."""
 
+    def complete_pending_exit(self) -> None:
+        """On the vCPU thread: finish the last exit's instruction without running the guest further."""
+
     def close(self) -> None: ...
 
 

@@ -32,6 +32,8 @@ class RunnableVcpu(Protocol):
 
     def kick(self) -> None: ...
 
+    def complete_pending_exit(self) -> None: ...
+
 
 ExitHandler = Callable[[RunnableVcpu], bool]
 ErrorHandler = Callable[[int, BaseException], None]
@@ -83,6 +85,8 @@ class VcpuThread:
     def _park(self) -> bool:
         """Wait while paused; False when the thread must stop."""
         condition = self._cpus.condition
+        if self.pause_requested and not self.stop_requested:
+            self.vcpu.complete_pending_exit()  # saved state must not miss a half-done PIO/MMIO
         with condition:
             while self.pause_requested and not self.stop_requested:
                 if not self.parked:

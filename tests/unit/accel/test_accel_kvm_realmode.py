@@ -142,3 +142,13 @@ def test_mmio_exits_carry_address_and_data_in_both_directions(real_mode_vcpu) ->
     vcpu.mmio_data()[:] = b"\x42"
     assert vcpu.run() == ExitReason.IO
     assert bytes(vcpu.io_data()) == b"\x42"
+
+
+def test_complete_pending_exit_finishes_an_in_instruction_without_running_on(real_mode_vcpu) -> None:
+    vcpu, ram = real_mode_vcpu
+    ram[CODE_ADDR : CODE_ADDR + len(IN_THEN_ECHO)] = IN_THEN_ECHO
+    assert vcpu.run() == ExitReason.IO
+    vcpu.io_data()[:] = b"\x5a"
+    vcpu.complete_pending_exit()
+    regs = vcpu.get_regs()
+    assert (regs.rip, regs.rax & 0xFF) == (CODE_ADDR + 4, 0x5A)  # past `in`, before `out`

@@ -23,6 +23,7 @@ class FakeVcpu:
         self.kicked = threading.Event()
         self.in_run = False
         self.bql_held_in_run = False
+        self.completed_before_park = False
 
     def bind_to_current_thread(self) -> None:
         pass
@@ -40,6 +41,9 @@ class FakeVcpu:
 
     def kick(self) -> None:
         self.kicked.set()
+
+    def complete_pending_exit(self) -> None:
+        self.completed_before_park = True
 
 
 class Recorder:
@@ -110,6 +114,7 @@ def test_pause_all_returns_with_every_vcpu_parked_outside_run(rig: Rig) -> None:
     cpus.pause_all()
     assert cpus.paused
     assert not any(v.in_run for v in vcpus)
+    assert all(v.completed_before_park for v in vcpus)
     count = recorder.total()
     time.sleep(0.05)
     assert recorder.total() == count

@@ -64,6 +64,16 @@ class KvmVcpu(KvmFd):
         if self._thread_ident is not None:
             kick_thread(self._thread_ident)
 
+    def complete_pending_exit(self) -> None:
+        """Let KVM finish the instruction of the last PIO/MMIO exit without running guest code.
+
+        Call from the vCPU's thread after handling an exit and before reading state to save
+        (pause for migration/snapshot): otherwise an IN's data would still sit in kvm_run.
+        """
+        if self.has_immediate_exit:
+            self.kvm_run.immediate_exit = 1
+            self.run()
+
     def io_data(self) -> memoryview:
         """The PIO data bytes of the current KVM_EXIT_IO (size * count bytes, writable for IN)."""
         io = self.kvm_run.io
