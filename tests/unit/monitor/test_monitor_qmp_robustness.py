@@ -215,3 +215,16 @@ def test_reply_that_is_not_json_becomes_an_error(hub: MonitorHub, raw: Any) -> N
     hub.commands.command("x-nan")(lambda: float("nan"))
     reply = raw.command("x-nan", id=3)
     assert (reply["error"]["class"], reply["id"]) == ("GenericError", 3)
+
+
+def test_events_emitted_from_many_threads_all_arrive(hub: MonitorHub, raw: Any) -> None:
+    def emit_some() -> None:
+        for _ in range(10):
+            hub.qmp.emit_event("RESET", {"guest": True, "reason": "guest-reset"})
+
+    threads = [threading.Thread(target=emit_some) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [raw.receive()["event"] for _ in range(40)] == ["RESET"] * 40
