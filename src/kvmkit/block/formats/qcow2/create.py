@@ -48,6 +48,7 @@ def create_qcow2(
         raise ConfigError(f"{path}: unknown compression_type {compression_type!r}")
     if size < 0:
         raise ConfigError(f"{path}: negative image size {size}")
+    size = -(-size // 512) * 512  # QEMU counts qcow2 sizes in whole sectors
     cluster_bits = cluster_size.bit_length() - 1
     geometry = Geometry(cluster_bits, extended_l2=False)
     order = refcount_bits.bit_length() - 1

@@ -152,7 +152,7 @@ class Qcow2Driver(BlockDriver):
         from kvmkit.block.formats.qcow2.check import check_qcow2
 
         result = check_qcow2(self, repair_leaks=True, repair_errors=True)
-        if result.corruptions:
+        if result.corruptions > result.corruptions_fixed:
             raise ImageError(f"{self.path}: dirty image could not be repaired: {result.messages[0]}")
         self.refcounts.write_back()
         self.file.flush()

@@ -1,0 +1,31 @@
+"""Helpers for block tests: qemu-img/qemu-io act as independent judges."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
+                                reason="qemu-img/qemu-io not installed")
+
+
+def qemu(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+def qemu_io(path: str, *commands: str, fmt: str | None = None) -> None:
+    args = ["qemu-io"] + (["-f", fmt] if fmt else [])
+    for command in commands:
+        args += ["-c", command]
+    result = subprocess.run([*args, path], capture_output=True, text=True, check=True)
+    assert "error" not in result.stdout.lower() + result.stderr.lower(), result.stdout + result.stderr
+
+
+def images_identical(a: str, b: str) -> bool:
+    return qemu("qemu-img", "compare", a, b, check=False).returncode == 0
+
+
+def qemu_check_clean(path: str) -> bool:
+    return qemu("qemu-img", "check", path, check=False).returncode == 0
