@@ -6,7 +6,7 @@ import os
 import random
 
 import pytest
-from conftest import images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
+from block_judges import images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image

@@ -138,7 +138,9 @@ def check_qcow2(
             if flagged != (walker.expected[cluster] == 1):
                 walker.corrupt(f"OFLAG_COPIED {what}: flag {int(flagged)}, "
                                f"reference count {walker.expected[cluster]}")
-        last = min(max(walker.file_clusters, refcounts.top), refcounts.covered_clusters())
+        with_blocks = [i for i, entry in enumerate(refcounts.table) if entry]
+        block_end = (max(with_blocks) + 1) * refcounts.entries_per_block if with_blocks else 0
+        last = min(max(walker.file_clusters, refcounts.top, block_end), refcounts.covered_clusters())
         for cluster in range(last):
             stored, wanted = refcounts.get(cluster), walker.expected.get(cluster, 0)
             if stored == wanted:
