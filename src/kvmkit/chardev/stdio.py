@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import select
 import signal
 import termios
 import threading
@@ -34,7 +35,7 @@ class StdioChardev(Chardev):
         super().__init__(label)
         self._input_fd = input_fd
         self._output_fd = output_fd
-        self._input_open = True
+        self._input_open = _pollable(input_fd)  # /dev/null or a regular file cannot be watched
         self._saved_termios: list | None = None
         self._previous_handlers: dict[int, object] = {}
         self._escapes = EscapeKeys(self.write, on_exit=on_exit) if escapes else None
@@ -124,3 +125,13 @@ class StdioChardev(Chardev):
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signum, previous)  # type: ignore[arg-type]
         self._previous_handlers.clear()
+
+
+def _pollable(fd: int) -> bool:
+    """True when epoll accepts `fd` (ttys, pipes, sockets); False for /dev/null, regular files, closed fds."""
+    try:
+        with select.epoll() as probe:
+            probe.register(fd, select.EPOLLIN)
+    except OSError:
+        return False
+    return True

@@ -1,9 +1,9 @@
 """Run states of a machine, spelled as QEMU's QMP names them."""
 
-from enum import Enum
+from enum import StrEnum
 
 
-class RunState(str, Enum):
+class RunState(StrEnum):
     """The machine's run state (QMP `query-status` values)."""
 
     PRELAUNCH = "prelaunch"

@@ -1,0 +1,96 @@
+"""Dispatching a vCPU's KVM exits to the buses: the hottest path in the VMM, kept short on purpose.
+
+Called by the vCPU thread with the BQL held. PIO and MMIO go to their IoBus; everything else is a
+machine-level event (shutdown, reset, internal error) that the machine decides about.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from kvmkit.accel.kvm.ioctls import ExitReason, SystemEvent
+from kvmkit.accel.kvm.vcpu import KvmVcpu
+from kvmkit.memory.address_space import IoBus
+
+log = logging.getLogger(__name__)
+
+EXIT_IO = int(ExitReason.IO)
+EXIT_MMIO = int(ExitReason.MMIO)
+EXIT_HLT = int(ExitReason.HLT)
+EXIT_SHUTDOWN = int(ExitReason.SHUTDOWN)
+EXIT_SYSTEM_EVENT = int(ExitReason.SYSTEM_EVENT)
+EXIT_IRQ_WINDOW_OPEN = int(ExitReason.IRQ_WINDOW_OPEN)
+IO_DIRECTION_OUT = 1
+
+
+class ExitDispatcher:
+    """Turns kvm_run exits into bus accesses and machine events; returns False to stop the vCPU."""
+
+    def __init__(self, pio: IoBus, mmio: IoBus, on_guest_reset: Callable[[str], None],
+                 on_guest_shutdown: Callable[[str], None], on_fatal: Callable[[KvmVcpu, str], None]) -> None:
+        self.pio = pio
+        self.mmio = mmio
+        self.on_guest_reset = on_guest_reset
+        self.on_guest_shutdown = on_guest_shutdown
+        self.on_fatal = on_fatal
+        self.exit_counts: dict[int, int] = {}
+
+    def __call__(self, vcpu: KvmVcpu) -> bool:
+        run = vcpu.kvm_run
+        reason = run.exit_reason
+        if reason == EXIT_IO:
+            io = run.io
+            size = io.size
+            data = vcpu.io_data()
+            port = io.port
+            if io.direction == IO_DIRECTION_OUT:
+                write = self.pio.write
+                for offset in range(0, len(data), size):
+                    write(port, size, int.from_bytes(data[offset:offset + size], "little"))
+            else:
+                read = self.pio.read
+                for offset in range(0, len(data), size):
+                    data[offset:offset + size] = read(port, size).to_bytes(size, "little")
+            return True
+        if reason == EXIT_MMIO:
+            mmio = run.mmio
+            data = vcpu.mmio_data()
+            if mmio.is_write:
+                self.mmio.write(mmio.phys_addr, mmio.len, int.from_bytes(data, "little"))
+            else:
+                data[:] = self.mmio.read(mmio.phys_addr, mmio.len).to_bytes(mmio.len, "little")
+            return True
+        return self._rare_exit(vcpu, reason)
+
+    def _rare_exit(self, vcpu: KvmVcpu, reason: int) -> bool:
+        self.exit_counts[reason] = self.exit_counts.get(reason, 0) + 1
+        if reason in (EXIT_HLT, EXIT_IRQ_WINDOW_OPEN):
+            return True
+        if reason == EXIT_SHUTDOWN:
+            regs = vcpu.get_regs()
+            self.on_fatal(vcpu, f"vCPU {vcpu.index} triple-faulted (KVM_EXIT_SHUTDOWN) at rip={regs.rip:#x}")
+            return False
+        if reason == EXIT_SYSTEM_EVENT:
+            event = vcpu.kvm_run.system_event.type
+            if event == SystemEvent.RESET:
+                self.on_guest_reset("guest-reset")
+            else:
+                self.on_guest_shutdown("guest-shutdown")
+            return True
+        try:
+            name = ExitReason(reason).name
+        except ValueError:
+            name = str(reason)
+        detail = ""
+        if reason == ExitReason.INTERNAL_ERROR:
+            internal = vcpu.kvm_run.internal
+            detail = f" (suberror {internal.suberror})"
+        elif reason == ExitReason.FAIL_ENTRY:
+            detail = f" (hardware reason {vcpu.kvm_run.fail_entry.hardware_entry_failure_reason:#x})"
+        try:
+            rip = f" at rip={vcpu.get_regs().rip:#x}"
+        except Exception:
+            rip = ""
+        self.on_fatal(vcpu, f"vCPU {vcpu.index}: KVM exit {name}{detail}{rip}")
+        return False

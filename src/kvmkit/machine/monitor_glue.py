@@ -1,0 +1,132 @@
+"""The machine as the monitor sees it (MachineControl), and the monitors a MachineConfig asks for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmkit.core.runstate import RunState
+from kvmkit.machine.config import MachineConfig
+from kvmkit.machine.pc import PcMachine
+from kvmkit.monitor.errors import QmpError
+from kvmkit.monitor.hub import MonitorHub
+
+
+class PcMachineControl:
+    """Implements the monitor's MachineControl protocol for a PcMachine."""
+
+    def __init__(self, machine: PcMachine) -> None:
+        self.machine = machine
+
+    @property
+    def name(self) -> str | None:
+        return self.machine.name
+
+    @property
+    def status(self) -> RunState:
+        return self.machine.status
+
+    @property
+    def running(self) -> bool:
+        return self.machine.status == RunState.RUNNING
+
+    def stop(self) -> None:
+        machine = self.machine
+        if machine.status == RunState.RUNNING:
+            machine.cpus.pause_all()
+            machine.status = RunState.PAUSED
+            machine.emit("STOP")
+
+    def cont(self) -> None:
+        machine = self.machine
+        if machine.status in (RunState.PAUSED, RunState.PRELAUNCH):
+            machine.status = RunState.RUNNING
+            machine.cpus.resume_all()
+            machine.emit("RESUME")
+        elif machine.status in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+            raise QmpError("GenericError", f"cannot continue a machine in state '{machine.status.value}'; "
+                                           "use system_reset first")
+
+    def system_reset(self) -> None:
+        machine = self.machine
+        was = machine.status
+        machine.cpus.pause_all()
+        machine._perform_reset("host-qmp-system-reset", guest=False, resume=was == RunState.RUNNING)
+        if was == RunState.SHUTDOWN:
+            machine.status = RunState.PAUSED
+
+    def system_powerdown(self) -> None:
+        raise QmpError("GenericError", "system_powerdown needs ACPI, which kvmkit's pc machine does not "
+                                       "have yet; use system_reset or quit")
+
+    def quit(self) -> None:
+        self.machine.request_shutdown("host-qmp-quit")
+
+    def cpus(self) -> list[dict[str, Any]]:
+        threads = {t.index: t.thread.native_id for t in self.machine.cpus.threads}
+        return [{"cpu-index": vcpu.index, "qom-path": f"/machine/unattached/device[{vcpu.index}]",
+                 "thread-id": threads.get(vcpu.index) or 0, "target": "x86_64",
+                 "props": {"core-id": vcpu.index, "thread-id": 0, "socket-id": 0}}
+                for vcpu in self.machine.vcpus]
+
+    def registers(self, cpu_index: int) -> str:
+        machine = self.machine
+        was_running = machine.status == RunState.RUNNING
+        if was_running:
+            machine.cpus.pause_all()
+        try:
+            vcpu = machine.vcpus[cpu_index]
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+        finally:
+            if was_running:
+                machine.cpus.resume_all()
+        names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+                 "r13", "r14", "r15", "rip", "rflags")
+        lines = [" ".join(f"{n.upper()}={getattr(regs, n):016x}" for n in names[i:i + 4])
+                 for i in range(0, len(names), 4)]
+        lines.append(f"CR0={sregs.cr0:08x} CR2={sregs.cr2:016x} CR3={sregs.cr3:016x} CR4={sregs.cr4:08x}")
+        lines.append(f"EFER={sregs.efer:016x} CS={sregs.cs.selector:04x} SS={sregs.ss.selector:04x}")
+        return "\n".join(lines) + "\n"
+
+    def chardevs(self) -> list[dict[str, Any]]:
+        return self.machine.chardevs.info()
+
+    def block_devices(self) -> list[dict[str, Any]]:
+        result = []
+        for drive_id, blk, opened in self.machine.block_devices:
+            info = opened.driver.info()  # type: ignore[attr-defined]
+            result.append({
+                "device": drive_id, "qdev": blk.name, "locked": False, "removable": False, "type": "unknown",
+                "inserted": {"file": opened.spec.file, "ro": opened.spec.read_only, "drv": info.format,
+                             "backing_file_depth": 1 if info.backing_file else 0, "encrypted": False,
+                             "cache": {"writeback": opened.spec.cache != "none",
+                                       "direct": opened.spec.cache == "none", "no-flush": False},
+                             "image": {"filename": opened.spec.file, "format": info.format,
+                                       "virtual-size": info.virtual_size}},
+            })
+        return result
+
+    def block_stats(self) -> list[dict[str, Any]]:
+        return [{"device": drive_id, "node-name": drive_id, "stats": blk.blockstats()}
+                for drive_id, blk, _ in self.machine.block_devices]
+
+    def pci_devices(self) -> list[dict[str, Any]]:
+        return self.machine.pci.enumerate()
+
+
+def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | None:
+    """Start the QMP/HMP listeners the config asks for and route machine events to them."""
+    hmp_on_mux = bool(machine.chardevs.monitor_muxes)
+    if not config.qmp and not config.monitors and not hmp_on_mux:
+        return None
+    hub = MonitorHub(PcMachineControl(machine), machine.bql)
+    machine.event_sink = hub.events.emit
+    for spec in config.qmp:
+        hub.add_qmp(spec)
+    for spec in config.monitors:
+        if spec == "stdio":
+            continue
+        hub.add_hmp(spec)
+    for mux in machine.chardevs.monitor_muxes:
+        port = mux.add_port("monitor0")
+        port.attach(hub.hmp_frontend(port.write))
+    return hub

@@ -1,0 +1,233 @@
+"""The `pc` machine: KVM VM, guest RAM, in-kernel irqchip/PIT, legacy devices, PCI with virtio, and Linux.
+
+Threads: the main thread runs the MainLoop (chardev input, ioeventfds, timers, machine events); one thread per
+vCPU runs KVM_RUN without the BQL and dispatches exits with it; the WorkerPool runs block I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kvmkit.accel.kvm.boot_state import apply_boot_state, reset_vcpu
+from kvmkit.accel.kvm.cpuid import build_guest_cpuid
+from kvmkit.accel.kvm.ioctls import Cap
+from kvmkit.accel.kvm.kvm import Kvm
+from kvmkit.accel.kvm.vcpu import KvmVcpu
+from kvmkit.accel.kvm.vm import KvmVm
+from kvmkit.boot import BootCpuState, load_linux
+from kvmkit.core.bql import Bql
+from kvmkit.core.cpus import CpuSet
+from kvmkit.core.main_loop import MainLoop
+from kvmkit.core.runstate import RunState
+from kvmkit.core.worker_pool import WorkerPool
+from kvmkit.errors import ConfigError
+from kvmkit.hw.pci.bus import PciBus
+from kvmkit.hw.pci.host_bridge import CONFIG_ADDRESS_PORT, CONFIG_PORTS_LENGTH, PciHostBridge
+from kvmkit.hw.pci.intx import IntxRouter
+from kvmkit.hw.virtio.blk import VirtioBlk
+from kvmkit.hw.virtio.pci_transport import VirtioPciTransport
+from kvmkit.machine.board import attach_legacy_devices
+from kvmkit.machine.chardevs import build_machine_chardevs
+from kvmkit.machine.config import MachineConfig
+from kvmkit.machine.drives import open_drives, parse_blk_device
+from kvmkit.machine.exits import ExitDispatcher
+from kvmkit.machine.irq import KvmIrqLine, pc_gsi_routes
+from kvmkit.machine.legacy_rom import map_legacy_rom_area
+from kvmkit.machine.pci_firmware import assign_pci_resources
+from kvmkit.memory.address_space import IoBus
+from kvmkit.memory.dma import DmaSpace
+from kvmkit.memory.guest_memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+# Addresses KVM needs for its own use on Intel hosts (three pages for the TSS, one for the identity map),
+# just below the 4 GiB boundary where nothing else lives.
+KVM_TSS_ADDRESS = 0xFFFB_D000
+KVM_IDENTITY_MAP_ADDRESS = 0xFFFB_C000
+REQUIRED_CAPS = (
+    (Cap.IRQCHIP, "an in-kernel interrupt controller"),
+    (Cap.USER_MEMORY, "user memory slots"),
+    (Cap.SET_TSS_ADDR, "setting the TSS address"),
+    (Cap.PIT2, "an in-kernel PIT"),
+    (Cap.IOEVENTFD, "ioeventfd notifications"),
+    (Cap.IRQ_ROUTING, "GSI routing"),
+    (Cap.SIGNAL_MSI, "MSI injection"),
+)
+KNOWN_DEVICE_DRIVERS = ("virtio-blk-pci", "virtio-blk")
+
+
+class KvmMsiSink:
+    """Delivers MSI-X messages with KVM_SIGNAL_MSI."""
+
+    def __init__(self, vm: KvmVm) -> None:
+        self.vm = vm
+
+    def send_msi(self, address: int, data: int) -> None:
+        self.vm.signal_msi(address, data)
+
+
+class PcMachine:
+    """One virtual PC built from a MachineConfig; `run()` returns the process exit status."""
+
+    def __init__(self, config: MachineConfig) -> None:
+        if config.kernel is None:
+            raise ConfigError("no kernel to boot: give -kernel BZIMAGE (kvmkit boots Linux directly, no BIOS)")
+        for device in config.devices:
+            if device.split(",")[0] not in KNOWN_DEVICE_DRIVERS:
+                raise ConfigError(f"-device {device.split(',')[0]!r}: unknown device driver "
+                                  f"(kvmkit has {', '.join(KNOWN_DEVICE_DRIVERS[:1])})")
+        self.config = config
+        self.name = config.name
+        self.status = RunState.PRELAUNCH
+        self.exit_status = 0
+        self.event_sink = None  # set by the monitor: callable(name, data)
+        self.bql = Bql()
+        self.loop = MainLoop(self.bql)
+        self.pool = WorkerPool(self.bql, max_workers=max(4, os.cpu_count() or 2))
+        self.kvm = Kvm()
+        for cap, purpose in REQUIRED_CAPS:
+            self.kvm.require(cap, purpose)
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(KVM_TSS_ADDRESS)
+        self.vm.set_identity_map_addr(KVM_IDENTITY_MAP_ADDRESS)
+        self.vm.create_irqchip()
+        self.vm.set_gsi_routing(pc_gsi_routes())
+        self.vm.create_pit2()
+        self.memory = GuestMemory(config.memory)
+        self._legacy_rom = map_legacy_rom_area(self.vm, self.memory, self.memory.map_into(self.vm))
+        self.dma = DmaSpace(self.memory)
+        self.pio, self.mmio = IoBus.pio(), IoBus.mmio()
+        self._irq_lines: dict[int, KvmIrqLine] = {}
+        self.chardevs = build_machine_chardevs(config, on_exit=self.quit)
+        below_4g = self.memory.layout.below_4g_end
+        self.legacy = attach_legacy_devices(
+            self.pio, self.chardevs.serial_backends, self.irq_line, self.request_reset,
+            memory_below_4g=below_4g, memory_above_4g=config.memory - below_4g, cpus=config.cpus)
+        self.pci = PciBus(self.pio, self.mmio, IntxRouter(self.irq_line))
+        self.pio.register(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LENGTH, PciHostBridge(self.pci), "pci-conf")
+        self.block_devices: list[tuple[str, VirtioBlk, object]] = []
+        self._add_block_devices()
+        assign_pci_resources(self.pci)
+        self.vcpus = [self.vm.create_vcpu(index) for index in range(config.cpus)]
+        supported = self.kvm.supported_cpuid()
+        for vcpu in self.vcpus:
+            vcpu.set_cpuid2(build_guest_cpuid(supported, vcpu.index, config.cpus))
+        self.dispatch = ExitDispatcher(self.pio, self.mmio, self.request_reset, self.request_shutdown,
+                                       self.fatal)
+        self.cpus = CpuSet(self.vcpus, self.bql, self.dispatch, self._vcpu_failed)
+        self.boot_state = self._load_guest()
+        self._reset_cpus()
+
+    # -- construction --------------------------------------------------------------------------------------
+    def irq_line(self, gsi: int) -> KvmIrqLine:
+        if gsi not in self._irq_lines:
+            self._irq_lines[gsi] = KvmIrqLine(self.vm, gsi)
+        return self._irq_lines[gsi]
+
+    def _add_block_devices(self) -> None:
+        for device in self.config.devices:
+            parse_blk_device(device)  # validate early
+        drives = open_drives(self.config.drives, self.config.devices)
+        msi = KvmMsiSink(self.vm)
+        for index, drive in enumerate(drives):
+            name = drive.device_id or drive.spec.id
+            blk = VirtioBlk(name, drive.driver, self.dma, bql=self.bql, pool=self.pool, serial=drive.serial,
+                            read_only=drive.spec.read_only, on_io_error=self._block_io_error)
+            transport = VirtioPciTransport(blk, msi, name=f"virtio-blk{index}")
+            self.pci.add(transport)
+            transport.attach_ioeventfds(self.vm, self.loop)
+            self.block_devices.append((drive.spec.id, blk, drive))
+
+    def _load_guest(self) -> BootCpuState:
+        ranges = [(region.gpa, region.size) for region in self.memory.regions]
+        return load_linux(self.dma, ranges, Path(self.config.kernel),  # type: ignore[arg-type]
+                          self.config.initrd, self.config.append, self.config.cpus)
+
+    def _reset_cpus(self) -> None:
+        for vcpu in self.vcpus:
+            reset_vcpu(vcpu, is_bootstrap=vcpu.index == 0)
+        apply_boot_state(self.vcpus[0], self.boot_state)
+
+    # -- running -------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start the vCPUs (unless -S) and serve the main loop until the machine ends."""
+        self.chardevs.start(self.loop)
+        with self.bql:
+            if self.config.start_paused:
+                self.cpus.pause_all()
+            else:
+                self.status = RunState.RUNNING
+        self.cpus.start()
+        try:
+            self.loop.run()
+        finally:
+            self.shutdown_threads()
+        return self.exit_status
+
+    def shutdown_threads(self) -> None:
+        self.cpus.stop_all(timeout=2.0)
+        self.pool.shutdown(wait=False)
+        self.chardevs.close()
+
+    # -- machine events (called with the BQL held, from any thread) ----------------------------------------
+    def emit(self, event: str, data: dict | None = None) -> None:
+        if self.event_sink is not None:
+            self.event_sink(event, data or {})
+
+    def request_reset(self, reason: str = "guest-reset") -> None:
+        """A guest (or the monitor) asked for a reset; -no-reboot turns it into a shutdown."""
+        guest = reason.startswith("guest")
+        if self.config.no_reboot:
+            self.emit("RESET", {"guest": guest, "reason": reason})
+            self.request_shutdown("guest-reset" if guest else reason)
+            return
+        was_running = self.status == RunState.RUNNING
+        self.cpus.pause_all()
+        self.loop.call_soon_threadsafe(lambda: self._perform_reset(reason, guest, was_running))
+
+    def _perform_reset(self, reason: str, guest: bool, resume: bool) -> None:
+        self.cpus.pause_all()
+        self.legacy.reset()
+        for _, blk, _ in self.block_devices:
+            blk.reset()
+        for device_number in range(256):
+            device = self.pci.device(device_number)
+            if device is not None:
+                device.reset()
+        assign_pci_resources(self.pci)
+        self.boot_state = self._load_guest()
+        self._reset_cpus()
+        self.emit("RESET", {"guest": guest, "reason": reason})
+        log.info("machine reset (%s)", reason)
+        if resume:
+            self.cpus.resume_all()
+
+    def request_shutdown(self, reason: str = "guest-shutdown") -> None:
+        self.cpus.pause_all()
+        self.status = RunState.SHUTDOWN
+        self.emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
+        if not self.config.no_shutdown or reason == "host-qmp-quit":
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def quit(self) -> None:
+        with self.bql:
+            self.request_shutdown("host-qmp-quit")
+
+    def fatal(self, vcpu: KvmVcpu | None, message: str) -> None:
+        """Something the VMM cannot continue from: say what, stop everything, exit non-zero."""
+        print(f"kvmkit: {message}", file=sys.stderr, flush=True)
+        self.exit_status = 1
+        self.status = RunState.INTERNAL_ERROR
+        self.cpus.pause_all()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    def _vcpu_failed(self, index: int, error: BaseException) -> None:
+        self.fatal(None, f"vCPU {index}: internal error: {error}")
+
+    def _block_io_error(self, device: str, operation: str, reason: str) -> None:
+        self.emit("BLOCK_IO_ERROR", {"device": device, "node-name": device, "operation": operation,
+                                     "action": "report", "nospace": False, "reason": reason})
+
