@@ -14,6 +14,7 @@ from pathlib import Path
 from kvmkit.accel.kvm.boot_state import apply_boot_state, reset_vcpu
 from kvmkit.accel.kvm.cpuid import build_guest_cpuid
 from kvmkit.accel.kvm.ioctls import Cap
+from kvmkit.accel.kvm.irqchip_state import reset_irqchip
 from kvmkit.accel.kvm.kvm import Kvm
 from kvmkit.accel.kvm.vcpu import KvmVcpu
 from kvmkit.accel.kvm.vm import KvmVm
@@ -36,6 +37,7 @@ from kvmkit.machine.drives import open_drives, parse_blk_device
 from kvmkit.machine.exits import ExitDispatcher
 from kvmkit.machine.irq import KvmIrqLine, pc_gsi_routes
 from kvmkit.machine.legacy_rom import map_legacy_rom_area
+from kvmkit.machine.nics import NIC_DRIVERS, add_network_devices
 from kvmkit.machine.pci_firmware import assign_pci_resources
 from kvmkit.memory.address_space import IoBus
 from kvmkit.memory.dma import DmaSpace
@@ -76,7 +78,7 @@ class PcMachine:
         if config.kernel is None:
             raise ConfigError("no kernel to boot: give -kernel BZIMAGE (kvmkit boots Linux directly, no BIOS)")
         for device in config.devices:
-            if device.split(",")[0] not in KNOWN_DEVICE_DRIVERS:
+            if device.split(",")[0] not in (*KNOWN_DEVICE_DRIVERS, *NIC_DRIVERS):
                 raise ConfigError(f"-device {device.split(',')[0]!r}: unknown device driver "
                                   f"(kvmkit has {', '.join(KNOWN_DEVICE_DRIVERS[:1])})")
         self.config = config
@@ -110,6 +112,7 @@ class PcMachine:
         self.pio.register(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LENGTH, PciHostBridge(self.pci), "pci-conf")
         self.block_devices: list[tuple[str, VirtioBlk, object]] = []
         self._add_block_devices()
+        add_network_devices(self)
         assign_pci_resources(self.pci)
         self.vcpus = [self.vm.create_vcpu(index) for index in range(config.cpus)]
         supported = self.kvm.supported_cpuid()
@@ -147,6 +150,7 @@ class PcMachine:
                           self.config.initrd, self.config.append, self.config.cpus)
 
     def _reset_cpus(self) -> None:
+        reset_irqchip(self.vm, ioapic_id=self.config.cpus)
         for vcpu in self.vcpus:
             reset_vcpu(vcpu, is_bootstrap=vcpu.index == 0)
         apply_boot_state(self.vcpus[0], self.boot_state)

@@ -57,22 +57,46 @@ def apply_boot_state(vcpu: KvmVcpu, state: BootCpuState) -> None:
     vcpu.set_fpu(fpu)
 
 
-def configure_lapic(vcpu: KvmVcpu) -> None:
-    """LINT0 as ExtINT (the PIC's output) and LINT1 as NMI, as a PC firmware leaves them."""
-    raw = bytearray(bytes(vcpu.get_lapic()))  # bytes(struct): a c_char array field would stop at a NUL
+# Power-on values of the local APIC registers that are not zero (Intel SDM vol. 3, "Local APIC State After
+# Power-Up or Reset"): every LVT entry masked, the spurious vector 0xFF with the APIC software-disabled, flat DFR.
+APIC_ID = 0x20
+APIC_VERSION = 0x30
+APIC_DFR = 0xE0
+APIC_SVR = 0xF0
+APIC_LVT_REGISTERS = (0x2F0, 0x320, 0x330, 0x340, APIC_LVT_LINT0, APIC_LVT_LINT1, 0x370)
+APIC_LVT_MASKED = 1 << 16
+APIC_BASE_MSR_ENABLE = 1 << 11
+APIC_BASE_MSR_BSP = 1 << 8
+APIC_DEFAULT_BASE = 0xFEE0_0000
 
-    def set_mode(offset: int, mode: int) -> None:
-        value = int.from_bytes(raw[offset:offset + 4], "little")
-        value = (value & ~APIC_DELIVERY_MODE_MASK) | (mode << APIC_DELIVERY_MODE_SHIFT)
+
+def configure_lapic(vcpu: KvmVcpu) -> None:
+    """The local APIC at power-on, with LINT0 as ExtINT (the PIC's output) and LINT1 as NMI, as PC firmware
+    leaves them. Everything a previous kernel set (timer, ISR/IRR bits, TPR) is cleared."""
+    current = bytes(vcpu.get_lapic())  # bytes(struct): a c_char array field would stop at a NUL
+    raw = bytearray(len(current))
+
+    def put(offset: int, value: int) -> None:
         raw[offset:offset + 4] = value.to_bytes(4, "little")
 
-    set_mode(APIC_LVT_LINT0, APIC_MODE_EXTINT)
-    set_mode(APIC_LVT_LINT1, APIC_MODE_NMI)
+    put(APIC_ID, vcpu.index << 24)
+    raw[APIC_VERSION:APIC_VERSION + 4] = current[APIC_VERSION:APIC_VERSION + 4]
+    put(APIC_DFR, 0xFFFF_FFFF)
+    put(APIC_SVR, 0xFF)
+    for offset in APIC_LVT_REGISTERS:
+        put(offset, APIC_LVT_MASKED)
+    put(APIC_LVT_LINT0, APIC_MODE_EXTINT << APIC_DELIVERY_MODE_SHIFT)
+    put(APIC_LVT_LINT1, APIC_MODE_NMI << APIC_DELIVERY_MODE_SHIFT)
     vcpu.set_lapic(s.KvmLapicState.from_buffer_copy(raw))
 
 
 def reset_vcpu(vcpu: KvmVcpu, is_bootstrap: bool) -> None:
     """Power-on state for one vCPU: boot MSRs, PV features off, LAPIC wired; APs wait for INIT/SIPI."""
+    sregs = vcpu.get_sregs()
+    sregs.apic_base = APIC_DEFAULT_BASE | APIC_BASE_MSR_ENABLE | (APIC_BASE_MSR_BSP if is_bootstrap else 0)
+    sregs.interrupt_bitmap[:] = [0] * len(sregs.interrupt_bitmap)
+    vcpu.set_sregs(sregs)
+    vcpu.set_vcpu_events(s.KvmVcpuEvents())
     vcpu.set_msrs({**boot_msrs(), **KVM_PARAVIRT_MSRS_OFF})
     configure_lapic(vcpu)
     vcpu.set_mp_state(MpState.RUNNABLE if is_bootstrap else MpState.UNINITIALIZED)

@@ -44,6 +44,9 @@ class KvmVcpu(KvmFd):
         except InterruptedError:
             self.kvm_run.immediate_exit = 0
             return _EXIT_INTR
+        except BlockingIOError:
+            # An AP waiting for INIT/SIPI was woken (by a SIPI or a kick): KVM asks us to just run it again.
+            return _EXIT_INTR
         except OSError as error:
             raise HostError(f"{self.name}: KVM_RUN failed: {os.strerror(error.errno or 0)}") from error
         return self.kvm_run.exit_reason

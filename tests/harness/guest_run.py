@@ -1,0 +1,65 @@
+"""Run a Linux guest under `kvmkit run` (or QEMU) with a kvmkit.cmd script, and collect what it printed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmkit.guest.build import GuestAssets
+
+GUEST_EXIT_MARKER = "kvmkit-guest-exit:"
+
+
+@dataclass
+class GuestRun:
+    """What one guest boot produced."""
+
+    returncode: int
+    output: str
+    stderr: str
+    seconds: float
+
+    @property
+    def guest_status(self) -> int | None:
+        """The script's exit status as the guest reported it (None if it never got there)."""
+        for line in self.output.splitlines():
+            if line.startswith(GUEST_EXIT_MARKER):
+                return int(line.split(":", 1)[1])
+        return None
+
+    def lines(self) -> list[str]:
+        return [line.rstrip("\r") for line in self.output.splitlines()]
+
+
+def encode_script(script: str) -> str:
+    return base64.b64encode(script.encode()).decode()
+
+
+def kvmkit_command(assets: GuestAssets, script: str, *extra: str, memory: str = "256M", cpus: int = 1,
+                   append: str = "", no_reboot: bool = True) -> list[str]:
+    argv = [sys.executable, "-m", "kvmkit.cli.main", "run", "-m", memory, "-smp", str(cpus),
+            "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
+            "-append", f"console=ttyS0 quiet {append} kvmkit.cmd={encode_script(script)}".replace("  ", " "),
+            "-nographic", *extra]
+    return [*argv, "-no-reboot"] if no_reboot else argv
+
+
+def qemu_command(assets: GuestAssets, script: str, *extra: str, memory: str = "256M", cpus: int = 1,
+                 append: str = "", machine: str = "pc") -> list[str]:
+    return ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", machine, "-m", memory, "-smp", str(cpus),
+            "-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-nic", "none",
+            "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
+            "-append", f"console=ttyS0 quiet {append} kvmkit.cmd={encode_script(script)}", *extra]
+
+
+def run_guest(argv: list[str], timeout: float = 240, cwd: Path | None = None) -> GuestRun:
+    """Run a VMM command line to completion (stdin closed) and capture its output."""
+    started = time.monotonic()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
+    return GuestRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
