@@ -33,3 +33,4 @@ fi
 # Guest kernels and initramfs images (cached under ~/.cache/kvmkit, keyed by content).
 .venv/bin/kvmkit guest build --flavor generic > /dev/null
 .venv/bin/kvmkit guest build --flavor cloud > /dev/null
+.venv/bin/kvmkit guest build --flavor generic --with fio,iperf3 > /dev/null

@@ -27,3 +27,9 @@ def generic_guest() -> GuestAssets:
 @pytest.fixture(scope="session")
 def cloud_guest() -> GuestAssets:
     return build_guest("cloud")
+
+
+@pytest.fixture(scope="session")
+def tools_guest() -> GuestAssets:
+    """The generic guest with fio and iperf3 (and their libraries) in /usr/bin."""
+    return build_guest("generic", tools=("fio", "iperf3"))

@@ -9,7 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from kvmkit.guest.debian_kernel import cache_root, fetch_kernel
-from kvmkit.guest.initramfs import BUSYBOX, build_initramfs
+from kvmkit.guest.host_programs import program_entries, program_files
+from kvmkit.guest.initramfs import BASE_DIRS, BUSYBOX, build_initramfs
 from kvmkit.guest.kernel_modules import ModuleTree
 
 GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng")
@@ -42,16 +43,24 @@ def content_key(*parts: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_guest(flavor: str = "generic") -> GuestAssets:
-    """Build (or reuse from the cache) the flavour's guest kernel and initramfs."""
+def build_guest(flavor: str = "generic", tools: tuple[str, ...] = ()) -> GuestAssets:
+    """Build (or reuse from the cache) the flavour's guest kernel and initramfs.
+
+    `tools` names host programs (e.g. "fio", "iperf3") carried into the guest's /usr/bin with their libraries.
+    """
     kernel = fetch_kernel(flavor)
     init = guest_init_script()
+    tool_files = program_files(tuple(sorted(tools)))
+    tool_digest = b"".join(str(g).encode() + hashlib.sha256(h.resolve().read_bytes()).digest()
+                           for g, h in sorted(tool_files.items()))
     key = content_key(BUILDER_VERSION.encode(), kernel.package.encode(), kernel.version.encode(), init.encode(),
-                      ",".join(GUEST_MODULES).encode(), hashlib.sha256(BUSYBOX.read_bytes()).digest())
-    initrd = cache_root() / "guests" / f"{flavor}-{key}" / "initrd.img"
+                      ",".join(GUEST_MODULES).encode(), hashlib.sha256(BUSYBOX.read_bytes()).digest(), tool_digest)
+    label = "-".join((flavor, *sorted(tools)))
+    initrd = cache_root() / "guests" / f"{label}-{key}" / "initrd.img"
     if not initrd.exists():
         initrd.parent.mkdir(parents=True, exist_ok=True)
-        image = build_initramfs(init, ModuleTree(kernel.modules), GUEST_MODULES)
+        extra = program_entries(tuple(sorted(tools)), set(BASE_DIRS))
+        image = build_initramfs(init, ModuleTree(kernel.modules), GUEST_MODULES, extra)
         partial = initrd.with_suffix(".partial")
         partial.write_bytes(image)
         os.replace(partial, initrd)

@@ -45,3 +45,16 @@ def test_cloud_flavor_builds_its_own_image(cloud_guest, generic_guest):
     assert "cloud" in cloud_guest.kernel.name
     names = {entry.name for entry in read_newc(cloud_guest.initrd.read_bytes())}
     assert "lib/modules/virtio_blk.ko" in names
+
+
+def test_tools_guest_carries_programs_with_their_libraries(tools_guest):
+    members = {entry.name: entry for entry in read_newc(tools_guest.initrd.read_bytes())}
+    assert members["usr/bin/fio"].data[:4] == b"\x7fELF"
+    assert members["usr/bin/iperf3"].data[:4] == b"\x7fELF"
+    assert "lib64/ld-linux-x86-64.so.2" in members
+    assert any(name.endswith("/libiperf.so.0") for name in members)
+    names = list(members)
+    for name in names:
+        parent = name.rsplit("/", 1)[0] if "/" in name else None
+        if parent:
+            assert parent in members and names.index(parent) < names.index(name), f"{name} before its folder"
