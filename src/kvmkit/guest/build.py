@@ -13,7 +13,7 @@ from kvmkit.guest.host_programs import program_entries, program_files
 from kvmkit.guest.initramfs import BASE_DIRS, BUSYBOX, build_initramfs
 from kvmkit.guest.kernel_modules import ModuleTree
 
-GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng")
+GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "ext4")
 BUILDER_VERSION = "1"
 
 
