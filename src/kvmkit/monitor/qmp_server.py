@@ -26,6 +26,7 @@ from kvmkit.monitor.spec import TcpEndpoint, UnixEndpoint
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+CLOSE_FLUSH_SECONDS = 1.0  # how long closing the server waits for replies in flight (e.g. to `quit`)
 WRITE_HIGH_WATER = 64 * 1024
 REQUEST_KEYS = frozenset({"execute", "arguments", "id"})
 
@@ -75,6 +76,7 @@ class _Session:
         self.outgoing: asyncio.Queue[bytes] = asyncio.Queue(maxsize=server.event_backlog)
         self.splitter = JsonMessageSplitter(max_message_bytes=server.max_message_bytes)
         self.closed = False
+        self.busy = False  # a command of this client is running or its reply is not queued yet
         self.tasks: list[asyncio.Task[None]] = []
 
     def offer_event(self, encoded: bytes) -> None:
@@ -85,6 +87,12 @@ class _Session:
         except asyncio.QueueFull:
             log.warning("QMP client %s does not read its events; dropping the connection", self.peer())
             self.abort()
+
+    def flushed(self) -> bool:
+        """Nothing more to send: no command in flight, no queued output, the transport's buffer empty."""
+        if self.closed:
+            return True
+        return not self.busy and self.outgoing.empty() and self.writer.transport.get_write_buffer_size() == 0
 
     def peer(self) -> str:
         return str(self.writer.get_extra_info("peername") or "unix client")
@@ -143,7 +151,11 @@ class _Session:
                 if isinstance(item, StreamError):
                     await self.reply(_error_reply(generic_error(f"JSON parse error, {item.reason}")))
                 else:
-                    await self.reply(await self.handle_text(item))
+                    self.busy = True
+                    try:
+                        await self.reply(await self.handle_text(item))
+                    finally:
+                        self.busy = False
 
     async def handle_text(self, text: bytes) -> dict[str, Any]:
         try:
@@ -266,6 +278,12 @@ class QmpServer:
     async def _close(self) -> None:
         for server, _address in self._listeners:
             server.close()
+        # Let clients get what is already on its way (the reply to `quit`, the SHUTDOWN event), briefly.
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(CLOSE_FLUSH_SECONDS):
+                await asyncio.sleep(0)
+                while not all(session.flushed() for session in self._sessions):
+                    await asyncio.sleep(0.01)
         for session in list(self._sessions):
             session.abort()
         for server, address in self._listeners:
