@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kvmkit.core.runstate import RunState
 from kvmkit.machine.config import MachineConfig
 from kvmkit.machine.pc import PcMachine
 from kvmkit.monitor.errors import QmpError
+from kvmkit.monitor.hmp import PROMPT, HmpFrontend
 from kvmkit.monitor.hub import MonitorHub
+from kvmkit.net.monitor import register_net_commands
 
 
 class PcMachineControl:
@@ -16,6 +21,9 @@ class PcMachineControl:
 
     def __init__(self, machine: PcMachine) -> None:
         self.machine = machine
+        # pause_all() drops the BQL while it waits, so two monitor connections could interleave a stop with
+        # a cont or reset; run-state changes from the monitor take this lock and happen one at a time.
+        self._transition = threading.Lock()
 
     @property
     def name(self) -> str | None:
@@ -29,30 +37,49 @@ class PcMachineControl:
     def running(self) -> bool:
         return self.machine.status == RunState.RUNNING
 
+    @contextmanager
+    def _changing_state(self) -> Iterator[None]:
+        with self.machine.bql.released():
+            self._transition.acquire()
+        try:
+            yield
+        finally:
+            self._transition.release()
+
     def stop(self) -> None:
         machine = self.machine
-        if machine.status == RunState.RUNNING:
-            machine.cpus.pause_all()
-            machine.status = RunState.PAUSED
-            machine.emit("STOP")
+        with self._changing_state():
+            if machine.status == RunState.RUNNING:
+                machine.cpus.pause_all()
+                machine.status = RunState.PAUSED
+                machine.emit("STOP")
 
     def cont(self) -> None:
         machine = self.machine
-        if machine.status in (RunState.PAUSED, RunState.PRELAUNCH):
-            machine.status = RunState.RUNNING
-            machine.cpus.resume_all()
-            machine.emit("RESUME")
-        elif machine.status in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
-            raise QmpError("GenericError", f"cannot continue a machine in state '{machine.status.value}'; "
-                                           "use system_reset first")
+        with self._changing_state():
+            if machine.status in (RunState.PAUSED, RunState.PRELAUNCH):
+                machine.status = RunState.RUNNING
+                machine.cpus.resume_all()
+                machine.emit("RESUME")
+            elif machine.status in (RunState.SHUTDOWN, RunState.INTERNAL_ERROR):
+                raise QmpError("GenericError", f"cannot continue a machine in state '{machine.status.value}'; "
+                                               "use system_reset first")
 
     def system_reset(self) -> None:
+        """Reset now; a machine that was not running is left in prelaunch (QEMU's rule), ready for `cont`.
+
+        With -no-reboot every reset ends the VMM, the monitor's included (SHUTDOWN, host-qmp-system-reset).
+        """
         machine = self.machine
-        was = machine.status
-        machine.cpus.pause_all()
-        machine._perform_reset("host-qmp-system-reset", guest=False, resume=was == RunState.RUNNING)
-        if was == RunState.SHUTDOWN:
-            machine.status = RunState.PAUSED
+        if machine.config.no_reboot:
+            machine.request_shutdown("host-qmp-system-reset")
+            return
+        with self._changing_state():
+            was_running = machine.status == RunState.RUNNING
+            machine.cpus.pause_all()
+            if not was_running:
+                machine.status = RunState.PRELAUNCH
+            machine._perform_reset("host-qmp-system-reset", guest=False, resume=was_running)
 
     def system_powerdown(self) -> None:
         raise QmpError("GenericError", "system_powerdown needs ACPI, which kvmkit's pc machine does not "
@@ -120,6 +147,7 @@ def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | N
         return None
     hub = MonitorHub(PcMachineControl(machine), machine.bql)
     machine.event_sink = hub.events.emit
+    register_net_commands(hub.commands, machine)
     for spec in config.qmp:
         hub.add_qmp(spec)
     for spec in config.monitors:
@@ -128,5 +156,22 @@ def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | N
         hub.add_hmp(spec)
     for mux in machine.chardevs.monitor_muxes:
         port = mux.add_port("monitor0")
-        port.attach(hub.hmp_frontend(port.write))
+        frontend = hub.hmp_frontend(port.write)
+        port.attach(frontend)
+        port.on_focus = _greet_on_focus(frontend)
     return hub
+
+
+def _greet_on_focus(frontend: HmpFrontend) -> Callable[[], None]:
+    """Ctrl-A c into the monitor: the banner and a prompt the first time, a fresh prompt afterwards."""
+    greeted = False
+
+    def on_focus() -> None:
+        nonlocal greeted
+        if greeted:
+            frontend.write(b"\r\n" + PROMPT.encode())
+        else:
+            greeted = True
+            frontend.open()
+
+    return on_focus

@@ -184,8 +184,7 @@ class PcMachine:
     def request_reset(self, reason: str = "guest-reset") -> None:
         """A guest (or the monitor) asked for a reset; -no-reboot turns it into a shutdown."""
         guest = reason.startswith("guest")
-        if self.config.no_reboot:
-            self.emit("RESET", {"guest": guest, "reason": reason})
+        if self.config.no_reboot:  # as QEMU: only SHUTDOWN (reason says it was a reset), no RESET event
             self.request_shutdown("guest-reset" if guest else reason)
             return
         was_running = self.status == RunState.RUNNING
@@ -206,13 +205,16 @@ class PcMachine:
         self._reset_cpus()
         self.emit("RESET", {"guest": guest, "reason": reason})
         log.info("machine reset (%s)", reason)
-        if resume:
+        if resume and self.status == RunState.RUNNING:  # a `stop` while the reset was queued wins
             self.cpus.resume_all()
 
     def request_shutdown(self, reason: str = "guest-shutdown") -> None:
+        was_running = self.status == RunState.RUNNING
         self.cpus.pause_all()
         self.status = RunState.SHUTDOWN
         self.emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
+        if was_running and self.config.no_shutdown and reason != "host-qmp-quit":
+            self.emit("STOP")  # -no-shutdown: the machine stays, stopped, as QEMU reports it
         if not self.config.no_shutdown or reason == "host-qmp-quit":
             self.loop.call_soon_threadsafe(self.loop.stop)
 
