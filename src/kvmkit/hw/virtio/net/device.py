@@ -1,0 +1,297 @@
+"""virtio-net (virtio 1.x, 5.1) on a kvmkit.net backend: batched RX/TX, mergeable buffers, offloads, control
+queue, link state and rate limiting by back-pressure."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kvmkit.hw.virtio.device import VIRTIO_ID_NET, VirtioDevice, feature_bit
+from kvmkit.hw.virtio.net.ctrl import MAX_CTRL_REQUEST, ControlHandler
+from kvmkit.hw.virtio.net.header import (
+    NET_HDR_LEN,
+    OFFLOAD_FEATURES,
+    VIRTIO_NET_F_CTRL_GUEST_OFFLOADS,
+    VIRTIO_NET_F_CTRL_MAC_ADDR,
+    VIRTIO_NET_F_CTRL_RX,
+    VIRTIO_NET_F_CTRL_RX_EXTRA,
+    VIRTIO_NET_F_CTRL_VLAN,
+    VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_ANNOUNCE,
+    VIRTIO_NET_S_LINK_UP,
+    VirtioNetConfig,
+    format_mac,
+)
+from kvmkit.hw.virtio.net.rx import RxPool
+from kvmkit.hw.virtio.virtqueue import DmaLike, VirtqueueError, split_buffers
+from kvmkit.net.backend import MAX_FRAME, Iovec, MainLoopLike, NetBackend
+from kvmkit.net.rate_limit import RateLimit, RateLimiter
+
+log = logging.getLogger(__name__)
+
+RX_QUEUE, TX_QUEUE, CTRL_QUEUE = 0, 1, 2
+QUEUE_SIZE = 256
+TX_BATCH = 64  # frames per send_batch; the queue is re-examined until empty
+
+
+@dataclass
+class TxCounters:
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0  # frames discarded because the link is down: never the limiter
+    errors: int = 0  # malformed frames from the guest (too short or too long)
+    throttled: int = 0
+
+
+class VirtioNet(VirtioDevice):
+    """A virtio network card. Queues: 0 receive, 1 transmit, 2 control."""
+
+    device_type = VIRTIO_ID_NET
+    config_type = VirtioNetConfig
+
+    def __init__(self, name: str, dma: DmaLike, backend: NetBackend, mac: bytes, loop: MainLoopLike,
+                 limit: RateLimit | None = None) -> None:
+        super().__init__(name, dma, num_queues=3, queue_max_size=QUEUE_SIZE)
+        self.backend = backend
+        self.loop = loop
+        self.mac = bytes(mac)
+        self.link_up = True
+        self.config.mac[:] = list(self.mac)
+        self.config.status = VIRTIO_NET_S_LINK_UP
+        self.config.max_virtqueue_pairs = 1
+        self.rx = RxPool(self.queues[RX_QUEUE], lambda: self.notify_queue(RX_QUEUE),
+                         header_from_backend=backend.has_vnet_hdr)
+        self.tx = TxCounters()
+        self.rx_limiter = RateLimiter(limit)
+        self.tx_limiter = RateLimiter(limit)
+        self.ctrl = ControlHandler(self._set_mac, self._ack_announce, self._set_guest_offloads)
+        self.active = False
+        self._rx_timer: Any = None
+        self._tx_timer: Any = None
+        self.vhost: Any = None  # kvmkit.net.vhost.VhostNet when the kernel moves the data
+        backend.start(loop, self, self)
+
+    # features -------------------------------------------------------------------------------------
+
+    def device_features(self) -> int:
+        features = super().device_features()
+        for bit in (VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CTRL_VQ,
+                    VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA, VIRTIO_NET_F_CTRL_VLAN,
+                    VIRTIO_NET_F_CTRL_MAC_ADDR):
+            features |= feature_bit(bit)
+        if self.backend.supports_offloads():
+            for bit in OFFLOAD_FEATURES:
+                features |= feature_bit(bit)
+        if self.vhost is not None:
+            features &= self.vhost.supported_features() | ~((1 << 32) - 1) | _NET_CONTROL_BITS
+        return features
+
+    def set_driver_features(self, features: int) -> None:
+        super().set_driver_features(features)
+        self.rx.mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
+        self._apply_offloads(features)
+
+    def _apply_offloads(self, features: int) -> None:
+        def has(bit: int) -> bool:
+            return bool(features & feature_bit(bit))
+
+        self.backend.set_offloads(has(VIRTIO_NET_F_GUEST_CSUM), has(VIRTIO_NET_F_GUEST_TSO4),
+                                  has(VIRTIO_NET_F_GUEST_TSO6), has(VIRTIO_NET_F_GUEST_ECN))
+
+    def _set_guest_offloads(self, offloads: int) -> bool:
+        if not self.has_feature(VIRTIO_NET_F_CTRL_GUEST_OFFLOADS) or offloads & ~self.driver_features:
+            return False
+        self._apply_offloads(offloads)
+        return True
+
+    # config, link, MAC ----------------------------------------------------------------------------
+
+    def _set_mac(self, mac: bytes) -> None:
+        self.mac = bytes(mac)
+        self.config.mac[:] = list(self.mac)
+
+    def _ack_announce(self) -> None:
+        self.config.status &= ~VIRTIO_NET_S_ANNOUNCE
+
+    def set_link(self, up: bool) -> None:
+        """Plug or unplug the cable: the driver sees VIRTIO_NET_S_LINK_UP change (config interrupt)."""
+        if up == self.link_up:
+            return
+        self.link_up = up
+        self.config.status = (self.config.status & ~VIRTIO_NET_S_LINK_UP) | (VIRTIO_NET_S_LINK_UP if up else 0)
+        config_changed: Callable[[], None] | None = getattr(self.transport, "config_changed", None)
+        if config_changed is not None:
+            config_changed()
+        if up:
+            self.backend.resume_rx()
+            self.handle_queue(TX_QUEUE)
+
+    # rate limits ----------------------------------------------------------------------------------
+
+    def set_rate_limit(self, limit: RateLimit) -> None:
+        self.rx_limiter.set_limit(limit)
+        self.tx_limiter.set_limit(RateLimit(limit.bytes_per_sec, limit.packets_per_sec))
+        self.resume_tx()
+        self.backend.resume_rx()
+
+    # RxSink (called by the backend) ---------------------------------------------------------------
+
+    def can_receive(self) -> bool:
+        if not self.active or not self.link_up or not self.rx.posted:
+            return False
+        if self.rx_limiter.may_take():
+            return True
+        self.rx.counters.throttled += 1
+        if self._rx_timer is None:
+            self._rx_timer = self.loop.call_later(self.rx_limiter.delay(), self._rx_tokens_back)
+        return False
+
+    def _rx_tokens_back(self) -> None:
+        self._rx_timer = None
+        self.backend.resume_rx()
+
+    def direct_iovecs(self) -> list[memoryview] | None:
+        return self.rx.direct_iovecs()
+
+    def commit(self, nbytes: int) -> None:
+        self.rx_limiter.take(nbytes)
+        self.rx.commit(nbytes)
+
+    def deliver(self, frame: bytes | bytearray | memoryview) -> bool:
+        accepted = self.rx.deliver(frame)
+        if accepted:
+            self.rx_limiter.take(len(frame))
+        return accepted
+
+    def complete(self) -> None:
+        try:
+            self.rx.complete()
+            self.rx.refill()
+        except VirtqueueError as error:
+            self.fail(str(error))
+
+    # queues ---------------------------------------------------------------------------------------
+
+    def activate(self) -> None:
+        self.active = True
+        if self.vhost is not None:
+            self.vhost.start(self)
+            return
+        self.handle_queue(RX_QUEUE)
+
+    def handle_queue(self, index: int) -> None:
+        if index == RX_QUEUE:
+            self.rx.refill()
+            if self.rx.posted:
+                self.backend.resume_rx()
+        elif index == TX_QUEUE:
+            self._transmit()
+        elif index == CTRL_QUEUE:
+            self._control()
+
+    def resume_tx(self) -> None:
+        if self.active:
+            try:
+                self._transmit()
+            except VirtqueueError as error:
+                self.fail(str(error))
+
+    def _transmit(self) -> None:
+        queue = self.queues[TX_QUEUE]
+        strip = 0 if self.backend.has_vnet_hdr else NET_HDR_LEN
+        while True:
+            frames: list[Iovec] = []
+            elements = []
+            while len(frames) < TX_BATCH and self.backend.can_send():
+                if not self.tx_limiter.may_take():
+                    self._hold_tx()
+                    break
+                element = queue.pop()
+                if element is None:
+                    break
+                elements.append(element)
+                length = element.out_len
+                if element.in_bufs or not NET_HDR_LEN + 14 <= length <= NET_HDR_LEN + MAX_FRAME:
+                    self.tx.errors += 1
+                    continue
+                if not self.link_up:
+                    self.tx.dropped += 1
+                    continue
+                self.tx_limiter.take(length - NET_HDR_LEN)
+                frames.append(split_buffers(element.out_bufs, strip)[1] if strip else element.out_bufs)
+                self.tx.packets += 1
+                self.tx.bytes += length - NET_HDR_LEN
+            if frames:
+                self.backend.send_batch(frames)
+            for element in elements:
+                queue.fill(element, 0)
+            if not elements:
+                return
+            queue.flush()
+            self.notify_queue(TX_QUEUE)
+            if len(elements) < TX_BATCH:
+                return
+
+    def _hold_tx(self) -> None:
+        self.tx.throttled += 1
+        if self._tx_timer is None:
+            self._tx_timer = self.loop.call_later(self.tx_limiter.delay(), self._tx_tokens_back)
+
+    def _tx_tokens_back(self) -> None:
+        self._tx_timer = None
+        self.resume_tx()
+
+    def _control(self) -> None:
+        queue = self.queues[CTRL_QUEUE]
+        while (element := queue.pop()) is not None:
+            ack_len = 0
+            if element.in_len >= 1 and element.out_len <= MAX_CTRL_REQUEST:
+                request = b"".join(bytes(view) for view in element.out_bufs)
+                ack = self.ctrl.execute(request)
+                element.in_bufs[0][0] = ack
+                ack_len = 1
+            else:
+                self.ctrl.state.errors += 1
+            queue.fill(element, ack_len)
+        queue.flush()
+        self.notify_queue(CTRL_QUEUE)
+
+    def reset(self) -> None:
+        if self.vhost is not None:
+            self.vhost.stop()
+        super().reset()
+        self.active = False
+        self.rx.forget()
+        self.rx.mergeable = False
+        self.ctrl.reset()
+        self.config.mac[:] = list(self.mac)
+
+    # monitor --------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for query-net-stats (drops count only device discards; the limiter never drops)."""
+        return {
+            "name": self.name, "netdev": self.backend.id, "mac": format_mac(self.mac), "link-up": self.link_up,
+            "vhost": self.vhost is not None and self.vhost.running,
+            "rx": {**asdict(self.rx.counters), "errors": self.backend.rx_errors},
+            "tx": {**asdict(self.tx), "errors": self.tx.errors + self.backend.tx_errors},
+            "rate": {"bytes-per-sec": self.rx_limiter.limit.bytes_per_sec,
+                     "packets-per-sec": self.rx_limiter.limit.packets_per_sec},
+            "rx-filter": {**self.ctrl.state.modes, "vlans": sorted(self.ctrl.state.vlans),
+                          "ctrl-commands": self.ctrl.state.commands, "ctrl-errors": self.ctrl.state.errors},
+            "backend": self.backend.info(),
+        }
+
+
+_NET_CONTROL_BITS = sum(feature_bit(bit) for bit in (
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA,
+    VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_MAC_ADDR))
