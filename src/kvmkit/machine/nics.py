@@ -127,7 +127,11 @@ def add_network_devices(machine: Any) -> list[Nic]:
             attach_vhost(device, machine, spec)
         transport = VirtioPciTransport(device, KvmMsiSink(machine.vm), name=f"virtio-net{index}")
         machine.pci.add(transport)
-        transport.attach_ioeventfds(machine.vm, machine.loop)
+        kick_fds = transport.attach_ioeventfds(machine.vm, machine.loop)
+        if device.vhost is not None:
+            from kvmkit.net.vhost.net import bind_kick_fds
+
+            bind_kick_fds(device, transport, kick_fds)
         nics.append(Nic(nic.id, device, transport, backend))
     return nics
 

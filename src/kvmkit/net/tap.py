@@ -66,9 +66,19 @@ class TapBackend(PollingBackend):
         self.ifname = ifname
         self.has_vnet_hdr = vnet_hdr
         self._pending: list[bytes] = []
+        self._kernel_owned = False
 
     def rx_fd(self) -> int | None:
-        return self.fd if self.fd >= 0 else None
+        return self.fd if self.fd >= 0 and not self._kernel_owned else None
+
+    def close_polling(self) -> None:
+        """vhost-net reads and writes the tap from now on: stop touching it."""
+        self._kernel_owned = True
+        self._pause_rx()
+
+    def restart_polling(self) -> None:
+        self._kernel_owned = False
+        self.resume_rx()
 
     def supports_offloads(self) -> bool:
         return self.has_vnet_hdr

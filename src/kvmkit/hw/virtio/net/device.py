@@ -92,7 +92,7 @@ class VirtioNet(VirtioDevice):
             for bit in OFFLOAD_FEATURES:
                 features |= feature_bit(bit)
         if self.vhost is not None:
-            features &= self.vhost.supported_features() | ~((1 << 32) - 1) | _NET_CONTROL_BITS
+            features &= ~self.vhost.unsupported_ring_features()
         return features
 
     def set_driver_features(self, features: int) -> None:
@@ -146,7 +146,7 @@ class VirtioNet(VirtioDevice):
     # RxSink (called by the backend) ---------------------------------------------------------------
 
     def can_receive(self) -> bool:
-        if not self.active or not self.link_up or not self.rx.posted:
+        if not self.active or not self.link_up or not self.rx.posted or self.vhost_running:
             return False
         if self.rx_limiter.may_take():
             return True
@@ -188,7 +188,13 @@ class VirtioNet(VirtioDevice):
             return
         self.handle_queue(RX_QUEUE)
 
+    @property
+    def vhost_running(self) -> bool:
+        return self.vhost is not None and self.vhost.running
+
     def handle_queue(self, index: int) -> None:
+        if self.vhost_running and index != CTRL_QUEUE:
+            return
         if index == RX_QUEUE:
             self.rx.refill()
             if self.rx.posted:
@@ -281,7 +287,7 @@ class VirtioNet(VirtioDevice):
         """Counters for query-net-stats (drops count only device discards; the limiter never drops)."""
         return {
             "name": self.name, "netdev": self.backend.id, "mac": format_mac(self.mac), "link-up": self.link_up,
-            "vhost": self.vhost is not None and self.vhost.running,
+            "vhost": self.vhost_running,
             "rx": {**asdict(self.rx.counters), "errors": self.backend.rx_errors},
             "tx": {**asdict(self.tx), "errors": self.tx.errors + self.backend.tx_errors},
             "rate": {"bytes-per-sec": self.rx_limiter.limit.bytes_per_sec,
@@ -291,7 +297,3 @@ class VirtioNet(VirtioDevice):
             "backend": self.backend.info(),
         }
 
-
-_NET_CONTROL_BITS = sum(feature_bit(bit) for bit in (
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_RX_EXTRA,
-    VIRTIO_NET_F_CTRL_VLAN, VIRTIO_NET_F_CTRL_MAC_ADDR))
