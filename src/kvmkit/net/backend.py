@@ -99,6 +99,7 @@ class PollingBackend(NetBackend):
     def __init__(self, netdev_id: str) -> None:
         super().__init__(netdev_id)
         self._watched_fd: int | None = None
+        self._held: bytes | memoryview | None = None  # a frame read but not yet accepted by the sink
 
     def rx_fd(self) -> int | None:
         raise NotImplementedError
@@ -122,7 +123,7 @@ class PollingBackend(NetBackend):
             self.receive_some(self.rx)
         finally:
             self.rx.complete()
-        if not self.rx.can_receive():
+        if self._held is not None or not self.rx.can_receive():
             self._pause_rx()  # back-pressure: frames stay queued in the kernel until resume_rx()
 
     def receive_some(self, rx: RxSink) -> None:

@@ -34,7 +34,6 @@ class StreamBackend(PollingBackend):
         self.sock = sock
         self.listener = listener
         self.deframer = StreamDeframer()
-        self._held: memoryview | None = None  # a complete frame the sink had no room for
         self._out = bytearray()
         self._flush_scheduled = False
         if sock is not None:
@@ -69,9 +68,8 @@ class StreamBackend(PollingBackend):
         return self.sock.fileno() if self.sock is not None else None
 
     def resume_rx(self) -> None:
-        if self._held is not None and self.rx is not None:
-            if self.rx.can_receive() and self.rx.deliver(self._held):
-                self._held = None
+        if self.rx is not None and (self._held is not None or self.deframer.buffered):
+            self._pump_frames(self.rx)  # frames already reassembled go first, even if the socket stays quiet
             self.rx.complete()
             if self._held is not None:
                 return

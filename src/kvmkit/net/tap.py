@@ -95,25 +95,36 @@ class TapBackend(PollingBackend):
         except OSError as error:
             raise HostError(f"-netdev tap,id={self.id}: TUNSETOFFLOAD {flags:#x}: {error.strerror}") from error
 
+    def resume_rx(self) -> None:
+        if self._held is not None and self.rx is not None and self.rx_fd() is not None:
+            if self.rx.can_receive() and self.rx.deliver(self._held):
+                self._held = None
+            self.rx.complete()
+            if self._held is not None:
+                return
+        super().resume_rx()
+
     def receive_some(self, rx: RxSink) -> None:
         for _ in range(RX_BATCH):
             if not rx.can_receive():
                 return
-            iovecs = rx.direct_iovecs()
+            iovecs = None if self._held is not None else rx.direct_iovecs()
             try:
                 if iovecs is not None:
                     count = os.readv(self.fd, iovecs)
                     rx.commit(count)
                     continue
-                frame = os.read(self.fd, VNET_HDR_LEN + 65550)
+                if self._held is None:  # staging path: the posted buffers may be too small to read into
+                    self._held = os.read(self.fd, VNET_HDR_LEN + 65550)
             except BlockingIOError:
                 return
             except OSError as error:
-                if error.errno in (errno.EAGAIN, errno.EINTR):
-                    return
-                self.rx_errors += 1
+                if error.errno not in (errno.EAGAIN, errno.EINTR):
+                    self.rx_errors += 1
                 return
-            rx.deliver(frame)  # staging path (buffers too small to read into directly)
+            if not rx.deliver(self._held):
+                return  # kept until the guest posts more buffers
+            self._held = None
 
     def can_send(self) -> bool:
         return len(self._pending) < TX_PENDING_LIMIT
