@@ -33,7 +33,7 @@ from kvmkit.hw.virtio.pci_transport import VirtioPciTransport
 from kvmkit.machine.board import attach_legacy_devices
 from kvmkit.machine.chardevs import build_machine_chardevs
 from kvmkit.machine.config import MachineConfig
-from kvmkit.machine.drives import open_drives, parse_blk_device
+from kvmkit.machine.drives import open_drives
 from kvmkit.machine.exits import ExitDispatcher
 from kvmkit.machine.irq import KvmIrqLine, pc_gsi_routes
 from kvmkit.machine.legacy_rom import map_legacy_rom_area
@@ -82,6 +82,7 @@ class PcMachine:
                 raise ConfigError(f"-device {device.split(',')[0]!r}: unknown device driver "
                                   f"(kvmkit has {', '.join(KNOWN_DEVICE_DRIVERS[:1])})")
         self.config = config
+        self._drives = open_drives(config.drives, config.devices)  # image/option errors before any KVM work
         self.name = config.name
         self.status = RunState.PRELAUNCH
         self.exit_status = 0
@@ -131,11 +132,8 @@ class PcMachine:
         return self._irq_lines[gsi]
 
     def _add_block_devices(self) -> None:
-        for device in self.config.devices:
-            parse_blk_device(device)  # validate early
-        drives = open_drives(self.config.drives, self.config.devices)
         msi = KvmMsiSink(self.vm)
-        for index, drive in enumerate(drives):
+        for index, drive in enumerate(self._drives):
             name = drive.device_id or drive.spec.id
             blk = VirtioBlk(name, drive.driver, self.dma, bql=self.bql, pool=self.pool, serial=drive.serial,
                             read_only=drive.spec.read_only, on_io_error=self._block_io_error)
