@@ -13,6 +13,7 @@ from kvmkit.machine.pc import PcMachine
 from kvmkit.monitor.errors import QmpError
 from kvmkit.monitor.hmp import PROMPT, HmpFrontend
 from kvmkit.monitor.hub import MonitorHub
+from kvmkit.monitor.registry import CommandRegistry
 from kvmkit.net.monitor import register_net_commands
 
 
@@ -140,6 +141,11 @@ class PcMachineControl:
         return self.machine.pci.enumerate()
 
 
+def register_pc_commands(commands: CommandRegistry, machine: Any) -> None:
+    """The commands the pc machine adds to the monitor's own (the QMP reference documents the same set)."""
+    register_net_commands(commands, machine)
+
+
 def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | None:
     """Start the QMP/HMP listeners the config asks for and route machine events to them."""
     hmp_on_mux = bool(machine.chardevs.monitor_muxes)
@@ -147,7 +153,7 @@ def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | N
         return None
     hub = MonitorHub(PcMachineControl(machine), machine.bql)
     machine.event_sink = hub.events.emit
-    register_net_commands(hub.commands, machine)
+    register_pc_commands(hub.commands, machine)
     for spec in config.qmp:
         hub.add_qmp(spec)
     for spec in config.monitors:

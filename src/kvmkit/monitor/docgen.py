@@ -75,9 +75,18 @@ def render_markdown(commands: CommandRegistry, events: EventRegistry) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def machine_registries() -> tuple[CommandRegistry, EventRegistry]:
+    """Every command and event a `kvmkit run` monitor offers: the monitor's own and those the pc machine adds."""
+    from kvmkit.machine.monitor_glue import register_pc_commands  # the machine layer builds on the monitor
+
+    machine = _DocumentationOnlyMachine()
+    commands, events, _hmp = build_registries(machine, kvmkit_version())  # type: ignore[arg-type]
+    register_pc_commands(commands, machine)
+    return commands, events
+
+
 def main() -> int:
-    commands, events, _hmp = build_registries(_DocumentationOnlyMachine(), kvmkit_version())  # type: ignore[arg-type]
-    sys.stdout.write(render_markdown(commands, events))
+    sys.stdout.write(render_markdown(*machine_registries()))
     return 0
 
 
