@@ -11,7 +11,7 @@ from harness.monitored_run import start_monitored_run, with_qmp
 from lab.net.netlab import guest_ip, iperf_rates, iperf_script, iperf_server, tap
 
 pytestmark = pytest.mark.lab
-FIRST_RATE, SECOND_RATE = 2_000_000, 1_000_000  # bytes per second
+FIRST_RATE, SECOND_RATE = 500_000, 250_000  # bytes per second
 
 
 def _wait_for(run, marker: str, timeout: float = 240) -> None:
