@@ -8,52 +8,44 @@ from contextlib import contextmanager
 
 
 class OwnedRLock:
-    """A re-entrant lock that knows its owner, and can be dropped entirely and retaken."""
+    """A re-entrant lock that knows its owner, and can be dropped entirely and retaken.
+
+    Built directly on threading.RLock (its C fast path): `lock` is the raw RLock for hot loops that want
+    `with lock:` without a Python-level frame; ownership and the saved recursion depth come from the RLock
+    itself, so there is no bookkeeping of our own to fall out of step.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._lock = threading.RLock()
-        self._owner: int | None = None
-        self._depth = 0
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if not self._lock.acquire(blocking, timeout):
-            return False
-        self._owner = threading.get_ident()
-        self._depth += 1
-        return True
+        self.lock = threading.RLock()
+        self.acquire = self.lock.acquire
 
     def release(self) -> None:
-        if self._owner != threading.get_ident():
-            raise RuntimeError(f"{self.name}: released by a thread that does not hold it")
-        self._depth -= 1
-        if self._depth == 0:
-            self._owner = None
-        self._lock.release()
+        try:
+            self.lock.release()
+        except RuntimeError as error:
+            raise RuntimeError(f"{self.name}: released by a thread that does not hold it") from error
 
     def __enter__(self) -> OwnedRLock:
-        self.acquire()
+        self.lock.acquire()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.release()
+        self.lock.release()
 
     def held_by_current_thread(self) -> bool:
-        return self._owner == threading.get_ident()
+        return self.lock._is_owned()  # type: ignore[attr-defined]
 
     @contextmanager
     def released(self) -> Iterator[None]:
         """Drop every level this thread holds for the duration of the block, then retake them."""
         if not self.held_by_current_thread():
             raise RuntimeError(f"{self.name}: released() by a thread that does not hold it")
-        depth = self._depth
-        for _ in range(depth):
-            self.release()
+        state = self.lock._release_save()  # type: ignore[attr-defined]
         try:
             yield
         finally:
-            for _ in range(depth):
-                self.acquire()
+            self.lock._acquire_restore(state)  # type: ignore[attr-defined]
 
 
 class Bql(OwnedRLock):

@@ -73,12 +73,13 @@ class VcpuThread:
 
     def _loop(self, vcpu: RunnableVcpu, bql: Bql, handle_exit: ExitHandler) -> None:
         run = vcpu.run
+        lock = bql.lock  # the raw RLock: no Python frame per exit
         while True:
             if self.request_pending and not self._park():
                 return
             if run() == _EXIT_INTR:
                 continue
-            with bql:
+            with lock:
                 if not handle_exit(vcpu):
                     return
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from kvmkit.accel.kvm.coalesced import CoalescedWrites
 from kvmkit.accel.kvm.ioctls import ExitReason, SystemEvent
 from kvmkit.accel.kvm.vcpu import KvmVcpu
 from kvmkit.memory.address_space import IoBus
@@ -35,8 +36,12 @@ class ExitDispatcher:
         self.on_guest_shutdown = on_guest_shutdown
         self.on_fatal = on_fatal
         self.exit_counts: dict[int, int] = {}
+        self.coalesced: CoalescedWrites | None = None
 
     def __call__(self, vcpu: KvmVcpu) -> bool:
+        coalesced = self.coalesced
+        if coalesced is not None and coalesced.pending():
+            coalesced.replay(self.pio.write, self.mmio.write)
         run = vcpu.kvm_run
         reason = run.exit_reason
         if reason == EXIT_IO:

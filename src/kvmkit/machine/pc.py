@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from kvmkit.accel.kvm.boot_state import apply_boot_state, reset_vcpu
+from kvmkit.accel.kvm.coalesced import CoalescedWrites
 from kvmkit.accel.kvm.cpuid import build_guest_cpuid
 from kvmkit.accel.kvm.ioctls import Cap
 from kvmkit.accel.kvm.irqchip_state import reset_irqchip
 from kvmkit.accel.kvm.kvm import Kvm
 from kvmkit.accel.kvm.vcpu import KvmVcpu
 from kvmkit.accel.kvm.vm import KvmVm
-from kvmkit.boot import BootCpuState, load_linux
+from kvmkit.boot import BootCpuState, BzImage, load_linux
 from kvmkit.core.bql import Bql
 from kvmkit.core.cpus import CpuSet
 from kvmkit.core.main_loop import MainLoop
@@ -81,6 +82,9 @@ class PcMachine:
             if device.split(",")[0] not in (*KNOWN_DEVICE_DRIVERS, *NIC_DRIVERS):
                 raise ConfigError(f"-device {device.split(',')[0]!r}: unknown device driver "
                                   f"(kvmkit has {', '.join(KNOWN_DEVICE_DRIVERS[:1])})")
+        BzImage.parse(config.kernel)  # a bad -kernel is reported before any KVM resource exists
+        if config.initrd is not None and not os.access(config.initrd, os.R_OK):
+            raise ConfigError(f"-initrd: {config.initrd}: cannot be read")
         self.config = config
         self._drives = open_drives(config.drives, config.devices)  # image/option errors before any KVM work
         self.name = config.name
@@ -121,6 +125,9 @@ class PcMachine:
             vcpu.set_cpuid2(build_guest_cpuid(supported, vcpu.index, config.cpus))
         self.dispatch = ExitDispatcher(self.pio, self.mmio, self.request_reset, self.request_shutdown,
                                        self.fatal)
+        self.dispatch.coalesced = CoalescedWrites.open(self.vm, self.vcpus[0], self.kvm.check_extension)
+        if self.dispatch.coalesced is not None:
+            self.dispatch.coalesced.add_pio_zone(CONFIG_ADDRESS_PORT, 4)  # PCI config address: write-only effect
         self.cpus = CpuSet(self.vcpus, self.bql, self.dispatch, self._vcpu_failed)
         self.boot_state = self._load_guest()
         self._reset_cpus()
@@ -211,9 +218,10 @@ class PcMachine:
         self.cpus.pause_all()
         self.status = RunState.SHUTDOWN
         self.emit("SHUTDOWN", {"guest": reason.startswith("guest"), "reason": reason})
-        if was_running and self.config.no_shutdown and reason != "host-qmp-quit":
+        leaves = reason in ("host-qmp-quit", "host-signal")  # the host's exits ignore -no-shutdown
+        if was_running and self.config.no_shutdown and not leaves:
             self.emit("STOP")  # -no-shutdown: the machine stays, stopped, as QEMU reports it
-        if not self.config.no_shutdown or reason == "host-qmp-quit":
+        if not self.config.no_shutdown or leaves:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
     def quit(self) -> None:

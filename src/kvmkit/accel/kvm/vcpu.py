@@ -77,6 +77,13 @@ class KvmVcpu(KvmFd):
             self.kvm_run.immediate_exit = 1
             self.run()
 
+    def mapped_page(self, index: int) -> memoryview:
+        """Page `index` of the vCPU mapping (0 is kvm_run; KVM puts e.g. the coalesced-write ring after it)."""
+        start = index * mmap.PAGESIZE
+        if start + mmap.PAGESIZE > len(self._run_page):
+            raise HostError(f"{self.name}: page {index} is outside the vCPU mapping")
+        return self._run_page[start:start + mmap.PAGESIZE]
+
     def io_data(self) -> memoryview:
         """The PIO data bytes of the current KVM_EXIT_IO (size * count bytes, writable for IN)."""
         io = self.kvm_run.io
