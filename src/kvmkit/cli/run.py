@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from types import FrameType
+from typing import Any
 
 from kvmkit.cli.run_options import parse_run_options, usage
 
@@ -19,6 +22,30 @@ def _configure_logging(log_file: str | None, items: list[str]) -> None:
     root.setLevel(level)
 
 
+class SignalShutdown:
+    """SIGTERM, SIGINT and SIGHUP end the VMM as they end QEMU: SHUTDOWN (reason host-signal), exit 0.
+
+    Installed before the machine is built, so a chardev that chains signal handlers (stdio restoring the
+    terminal) runs first and then hands the signal here.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.machine: Any = None
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        machine = self.machine
+        if machine is None:  # still building the machine: nothing to shut down yet
+            raise SystemExit(128 + signum)
+        print(f"kvmkit: terminating on signal {signum}", file=sys.stderr, flush=True)
+        machine.loop.call_soon_threadsafe(lambda: machine.request_shutdown("host-signal"))
+
+
 def main(argv: list[str]) -> int:
     if any(arg in ("-h", "--help", "-help") for arg in argv):
         print(usage())
@@ -28,7 +55,10 @@ def main(argv: list[str]) -> int:
     from kvmkit.machine.monitor_glue import attach_monitors
     from kvmkit.machine.pc import PcMachine
 
+    signals = SignalShutdown()
+    signals.install()
     machine = PcMachine(config)
+    signals.machine = machine
     hub = attach_monitors(machine, config)
     try:
         return machine.run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,5 +228,22 @@ def test_system_reset_with_no_reboot_ends_the_vmm(generic_guest: GuestAssets, di
         assert seen["event"]["data"] == {"guest": False, "reason": "host-qmp-system-reset"}
         assert "RESET" not in seen["others"]
         assert run.wait_exit(30) == 0, run.output()
+    finally:
+        run.close()
+
+
+def test_sigterm_is_a_clean_shutdown(generic_guest: GuestAssets, disk: Path) -> None:
+    """As QEMU: a terminating signal gives SHUTDOWN (host-signal), exit status 0 and no stale sockets."""
+    run = _start(generic_guest, disk)
+    try:
+        async def body(client: QMPClient) -> dict[str, Any]:
+            run.process.send_signal(signal.SIGTERM)
+            return await _next_event(client, "SHUTDOWN")
+
+        event = with_qmp(run.qmp_path, body, expect_hangup=True)
+        assert event["data"] == {"guest": False, "reason": "host-signal"}
+        assert run.wait_exit(30) == 0, run.output()
+        assert "terminating on signal 15" in run.output()
+        assert not os.path.exists(run.qmp_path) and not os.path.exists(run.hmp_path)
     finally:
         run.close()
