@@ -123,7 +123,7 @@ def accepts_direct_io(folder: Path) -> bool:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Iterator[Path]:
     """A folder whose filesystem takes O_DIRECT (cache=none): the lab's /tmp is a tmpfs that refuses it, so
-    there an ext4 on a loop device stands in."""
+    there an ext2 on a loop device stands in."""
     folder = tmp_path_factory.mktemp("blk")
     if accepts_direct_io(folder):
         yield folder
@@ -132,8 +132,8 @@ def image_folder(tmp_path_factory) -> Iterator[Path]:
     with open(backing, "wb") as f:
         f.truncate(LOOP_FILESYSTEM_BYTES)
     mountpoint.mkdir()
-    sh("mkfs.ext4", "-q", "-F", backing)
-    sh("mount", "-o", "loop", backing, mountpoint)
+    sh("mkfs.ext2", "-q", "-F", backing)  # ext2: no journal or checksums (the lab kernel has no crc32c)
+    sh("mount", "-t", "ext2", "-o", "loop", backing, mountpoint)
     try:
         yield mountpoint
     finally:
