@@ -49,7 +49,7 @@ class MonitoredRun:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"kvmkit run exited with {self.process.returncode}:\n{self.output()}")
-            if all(_accepts(path) for path in (self.qmp_path, self.hmp_path)):
+            if all(accepts(path) for path in (self.qmp_path, self.hmp_path)):
                 return
             time.sleep(0.1)
         raise AssertionError(f"kvmkit run did not open its monitors in {timeout} s:\n{self.output()}")
@@ -64,7 +64,7 @@ class MonitoredRun:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _accepts(path: str) -> bool:
+def accepts(path: str) -> bool:
     if not os.path.exists(path):
         return False
     probe = socket.socket(socket.AF_UNIX)

@@ -87,7 +87,8 @@ class PcMachineControl:
                                        "have yet; use system_reset or quit")
 
     def quit(self) -> None:
-        self.machine.request_shutdown("host-qmp-quit")
+        with self._changing_state():
+            self.machine.request_shutdown("host-qmp-quit")
 
     def cpus(self) -> list[dict[str, Any]]:
         threads = {t.index: t.thread.native_id for t in self.machine.cpus.threads}
@@ -98,15 +99,16 @@ class PcMachineControl:
 
     def registers(self, cpu_index: int) -> str:
         machine = self.machine
-        was_running = machine.status == RunState.RUNNING
-        if was_running:
-            machine.cpus.pause_all()
-        try:
-            vcpu = machine.vcpus[cpu_index]
-            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
-        finally:
+        with self._changing_state():  # a stop arriving meanwhile must not be undone by the resume below
+            was_running = machine.status == RunState.RUNNING
             if was_running:
-                machine.cpus.resume_all()
+                machine.cpus.pause_all()
+            try:
+                vcpu = machine.vcpus[cpu_index]
+                regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
+            finally:
+                if was_running:
+                    machine.cpus.resume_all()
         names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
                  "r13", "r14", "r15", "rip", "rflags")
         lines = [" ".join(f"{n.upper()}={getattr(regs, n):016x}" for n in names[i:i + 4])
