@@ -224,3 +224,27 @@ def test_concurrent_run_control_from_several_clients(vmm: MonitoredRun) -> None:
     paused, running, paused_again = with_qmp(vmm.qmp_path, body, timeout=120)
     assert (paused["status"], running["status"], paused_again["status"]) == ("paused", "running", "paused")
     assert vmm.process.poll() is None, vmm.output()
+
+
+def test_quit_while_paused_after_the_abuse(vmm: MonitoredRun) -> None:
+    """Last in this module: the abused VMM still quits cleanly from the paused state."""
+    async def body(client: QMPClient) -> dict[str, Any]:
+        await client.execute("stop")
+        status = await client.execute("query-status")
+        await client.execute("quit")
+        return {"status": status, "shutdown": await _shutdown_event(client)}
+
+    seen = with_qmp(vmm.qmp_path, body, expect_hangup=True)
+    assert seen["status"]["status"] == "paused"
+    assert seen["shutdown"]["data"] == {"guest": False, "reason": "host-qmp-quit"}
+    assert vmm.wait_exit(30) == 0, vmm.output()
+
+
+async def _shutdown_event(client: QMPClient) -> dict[str, Any]:
+    async def wait() -> dict[str, Any]:
+        while True:
+            event = await client.events.get()
+            if event["event"] == "SHUTDOWN":
+                return dict(event)
+
+    return await asyncio.wait_for(wait(), 30)
