@@ -1,0 +1,54 @@
+"""kvmkit boots unmodified Debian kernels to userspace on a real KVM (in the lab): SMP, both flavours, reboot."""
+
+import subprocess
+import time
+
+import pytest
+from harness.guest_run import kvmkit_command, run_guest
+
+pytestmark = pytest.mark.lab
+
+REPORT = "echo nproc=$(nproc); echo cmdline=$(cat /proc/cmdline); grep -c ^processor /proc/cpuinfo"
+
+
+@pytest.mark.parametrize("cpus", [2, 1, 4])
+def test_generic_kernel_boots_with_every_cpu_brought_up(generic_guest, cpus):
+    run = run_guest(kvmkit_command(generic_guest, REPORT, memory="512M", cpus=cpus, append="kvmkit.test=smp"))
+    assert run.returncode == 0, run.stderr
+    assert run.guest_status == 0
+    assert f"nproc={cpus}" in run.lines()
+    cmdline = next(line for line in run.lines() if line.startswith("cmdline="))
+    assert "console=ttyS0" in cmdline and "kvmkit.test=smp" in cmdline
+
+
+def test_cloud_kernel_boots(cloud_guest):
+    run = run_guest(kvmkit_command(cloud_guest, REPORT, memory="512M", cpus=2))
+    assert run.returncode == 0, run.stderr
+    assert run.guest_status == 0
+    assert "nproc=2" in run.lines()
+
+
+def test_failing_guest_script_is_reported_and_kvmkit_still_exits_zero(generic_guest):
+    run = run_guest(kvmkit_command(generic_guest, "echo about-to-fail; exit 3"))
+    assert run.guest_status == 3
+    assert run.returncode == 0  # the guest rebooted; with -no-reboot that is a clean exit
+
+
+def test_reboot_without_no_reboot_comes_back_up(generic_guest):
+    argv = kvmkit_command(generic_guest, "echo boot-marker", no_reboot=False)
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    boots, deadline = 0, time.monotonic() + 300
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip() == "boot-marker":
+                boots += 1
+                if boots == 2:
+                    break
+            if time.monotonic() > deadline:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert boots == 2
