@@ -25,12 +25,16 @@ mkdir -p $R/run/kvmkit-lab
 mount --bind /io $R/run/kvmkit-lab || fail "cannot bind the io share"
 workdir=$(cat /io/workdir)
 mkdir -p "$R$workdir" 2>/dev/null  # a folder under /tmp or /run lives on the fresh tmpfs
-mount -t 9p -o "$P9" work "$R$workdir" || fail "cannot mount the working directory $workdir"
+mount -t 9p -o "$P9,cache=loose" work "$R$workdir" || fail "cannot mount the working directory $workdir"
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
 echo "kvmkit-lab: ready"
-chroot $R /bin/sh /run/kvmkit-lab/job.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
+# Enter the host root as switch_root does (move it over / and chroot there): after a plain chroot the kernel
+# sees the job as chrooted and refuses it user namespaces (EPERM), which passt's sandbox needs. Init keeps
+# resolving /io, /dev and its applets in the initramfs, its own root.
+cd $R && mount -o move . / || fail "cannot move the host root over /"
+chroot . /bin/sh /run/kvmkit-lab/job.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
 echo $? > /io/status
 sync
 reboot -f
