@@ -52,8 +52,6 @@ def test_kvmkit_and_qemu_guests_share_a_stream_socket(net_guest):
         assert "PEER ok" in run.output, f"{name}:\n{run.output}{run.stderr}"  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(reason="passt exits in the lab: 'Couldn't create user namespace: Operation not permitted' "
-                          "(it drops root to nobody and sandboxes itself)", strict=False)
 def test_guest_behind_passt_reaches_a_tcp_service_on_the_host(net_guest):
     netns = "kvns-user"
     sh("ip", "netns", "del", netns, check=False)
