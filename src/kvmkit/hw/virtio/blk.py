@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
@@ -195,6 +196,9 @@ class VirtioBlk(VirtioDevice):
         self.on_io_error = on_io_error
         self.stats = BlockStats()
         self._generation = 0
+        # Served requests wait here for the BQL; whoever gets it publishes all of them with one used-idx update
+        # and at most one interrupt per queue (deque append/popleft are atomic: no lock needed to enqueue).
+        self._finished: deque[tuple[_Request, int, int]] = deque()
         self._fill_config()
 
     def _fill_config(self) -> None:
@@ -352,17 +356,32 @@ class VirtioBlk(VirtioDevice):
     # completion (BQL) ----------------------------------------------------------------------------
 
     def _complete(self, request: _Request, status: int, written: int) -> None:
+        self._finished.append((request, status, written))
         with self.bql:
+            self._publish_finished()
+
+    def _publish_finished(self) -> None:
+        """Return every served request to the driver: one used-idx update and one notification per queue."""
+        filled: set[int] = set()
+        while self._finished:
+            request, status, written = self._finished.popleft()
             if request.generation != self._generation:
-                return  # the driver reset the device while this request was in flight
+                continue  # the driver reset the device while this request was in flight
             self._count(request, status, written)
             request.status_view[0] = status
             try:
-                self.queues[request.queue].push(request.element, written + 1)
+                self.queues[request.queue].fill(request.element, written + 1)
             except VirtqueueError as err:
                 self.fail(str(err))
                 return
-            self.notify_queue(request.queue)
+            filled.add(request.queue)
+        for index in filled:
+            try:
+                self.queues[index].flush()
+            except VirtqueueError as err:
+                self.fail(str(err))
+                return
+            self.notify_queue(index)
 
     def _count(self, request: _Request, status: int, written: int) -> None:
         stats, ok, kind = self.stats, status == VIRTIO_BLK_S_OK, request.type
