@@ -13,6 +13,11 @@ missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
+# The guest images come from Debian's kernel packages: apt must know them (a fresh machine may have no lists).
+if ! apt-cache policy linux-image-amd64 linux-image-cloud-amd64 2>/dev/null | grep -q "Candidate: [0-9]"; then
+    echo "setup: refreshing apt's package lists"
+    apt-get update -q
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
