@@ -35,8 +35,9 @@ def filled(name: str, offset: int, length: int, byte: int) -> Region:
 
 def text_lines(name: str, offset: int, length: int) -> Region:
     """Compressible but not uniform data (for images made with `qemu-img convert -c`)."""
-    line_count = length // 32 + 1
-    text = "".join(f"kvmkit block line {n:012d}\n" for n in range(line_count)).encode()
+    line_bytes = len(f"kvmkit block line {0:012d}\n")
+    text = "".join(f"kvmkit block line {n:012d}\n" for n in range(length // line_bytes + 1)).encode()
+    assert len(text) >= length
     return Region(name, offset, text[:length])
 
 
@@ -123,7 +124,7 @@ def first_boot_lines(label: str, serial: str, host_regions: tuple[Region, ...]) 
         lines.append(f"expect {label}:write-{region.name} fill {dev} {region.offset} {len(region.data)} {byte} "
                      f"'{flags}'")
     lines += [
-        f"expect {label}:mkfs mkfs.ext2 -F {dev} {FILESYSTEM_KIB}",
+        f"expect {label}:mkfs mke2fs -F {dev} {FILESYSTEM_KIB}",
         f"mkdir -p /mnt/{label}",
         f"expect {label}:mount mount -t ext2 {dev} /mnt/{label}",
         f"seq 1 {SEQ_COUNT} > /mnt/{label}/seq.txt",
@@ -161,5 +162,5 @@ def readonly_lines(label: str, serial: str, host_regions: tuple[Region, ...]) ->
         *check_lines(label, dev, host_regions),
         f"expect {label}:sysfs-ro grep -qx 1 /sys/block/${{{label}#/dev/}}/ro",
         f"refuse {label}:dd-write dd if=/dev/zero of={dev} bs=4096 count=1 seek=100 oflag=direct",
-        f"refuse {label}:mkfs mkfs.ext2 -F {dev} 1024",
+        f"refuse {label}:mkfs mke2fs -F {dev} 1024",
     ]

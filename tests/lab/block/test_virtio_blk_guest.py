@@ -33,7 +33,12 @@ pytestmark = pytest.mark.lab
 
 WRITABLE = ("q", "r", "v", "o", "c")  # labels (and serials) of the disks the guest writes
 BOOT_TIMEOUT = 400
-LOOP_FILESYSTEM_BYTES = 1 << 30
+LOOP_FILESYSTEM_BYTES = 256 << 20
+SCRIPT_SERIAL = "plan"
+# The plan is ~7 KiB, far over the kernel's 2047-byte command line: it travels on a small read-only raw disk
+# (NUL padded to whole sectors) and the command line carries only this loader.
+LOADER = (f'for d in /sys/block/vd*; do [ "$(cat $d/serial)" = {SCRIPT_SERIAL} ] && '
+          "tr -d '\\000' < /dev/${d##*/} > /tmp/plan.sh; done; sh /tmp/plan.sh\n")
 
 
 @dataclass
@@ -86,9 +91,18 @@ def make_images(folder: Path) -> Disks:
     return disks
 
 
-def drive_options(folder: Path) -> list[str]:
+def write_plan_disk(folder: Path, boot: int) -> Path:
+    """The boot's script on a raw image the loader finds by serial."""
+    path = folder / f"plan{boot}.img"
+    script = boot_script(boot).encode()
+    path.write_bytes(script + b"\0" * (-len(script) % 512 or 512))
+    return path
+
+
+def drive_options(folder: Path, plan_disk: Path) -> list[str]:
     cache = "none" if accepts_direct_io(folder) else "writeback"
     return [
+        "-drive", f"file={plan_disk},format=raw,readonly=on,serial={SCRIPT_SERIAL}",
         "-drive", f"file={folder / 'q.qcow2'},format=qcow2,if=virtio,serial=q",
         "-drive", f"file={folder / 'r.img'},format=raw,if=none,id=rawdisk,cache={cache}",
         "-device", "virtio-blk-pci,drive=rawdisk,serial=r",
@@ -149,7 +163,8 @@ def image_folder(tmp_path_factory) -> Iterator[Path]:
 def disks(generic_guest, image_folder) -> Disks:
     disks = make_images(image_folder)
     for boot in (1, 2):
-        argv = kvmkit_command(generic_guest, boot_script(boot), *drive_options(image_folder))
+        plan_disk = write_plan_disk(image_folder, boot)
+        argv = kvmkit_command(generic_guest, LOADER, *drive_options(image_folder, plan_disk))
         disks.boots.append(run_guest(argv, timeout=BOOT_TIMEOUT))
     return disks
 
