@@ -119,7 +119,11 @@ class MuxChardev:
 
     def info(self) -> list[dict[str, object]]:
         """`query-chardev` entries: the backend's and each port's."""
-        return [self.backend.info()] + [port.info() for port in self.ports]
+        ports = [port.info() for port in self.ports]
+        backend = dict(self.backend.info())
+        if any(port["label"] == backend["label"] for port in ports):
+            backend["label"] = f"{backend['label']}-base"  # QEMU's name for the backend under a mux
+        return [backend, *ports]
 
     def close(self) -> None:
         for port in self.ports:
