@@ -3,7 +3,8 @@
 A bucket holds up to `burst` tokens and refills at `rate` tokens per second. Taking is allowed while the
 bucket is not in debt (tokens > 0) and may drive it negative by one frame's size: a frame is never split
 or dropped, the device simply stops taking the next one until the debt is paid back. Over any interval
-the admitted amount is at most `burst + rate * seconds + one frame`.
+the admitted amount is at most `burst + rate * seconds + one frame`. Time spent refusing frames earns its tokens
+even past the burst (up to LATE_TIMER_ALLOWANCE), so a late refill timer does not lower the rate.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 BURST_SECONDS = 0.02  # a bucket holds 20 ms worth of its rate (plus one frame's slack)
-MIN_BYTE_BURST = 64 * 1024
+# A burst need not hold a whole frame (a frame may take the bucket into debt), so the floor is two full-size
+# Ethernet frames: a 64 KiB floor let a 1 Mbit/s limit pass half a second of extra data after every idle spell.
+MIN_BYTE_BURST = 2 * 1514
 MIN_PACKET_BURST = 16
+# How late a refill timer may fire and still have its lateness made good: while frames wait (the bucket said no),
+# the time they waited earns tokens beyond the burst, so a busy main loop does not cost the guest bandwidth.
+LATE_TIMER_ALLOWANCE = 0.2
 
 
 class TokenBucket:
@@ -26,6 +32,7 @@ class TokenBucket:
         self.rate = 0.0
         self.burst = 0.0
         self.tokens = 0.0
+        self._backlogged = False  # a frame was refused since the last refill: the wait earns tokens
         self._stamp = clock()
         self.configure(rate, burst)
 
@@ -43,14 +50,21 @@ class TokenBucket:
     def _refill(self) -> None:
         now = self.clock()
         elapsed, self._stamp = max(now - self._stamp, 0.0), now
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        if elapsed == 0:
+            return  # nothing earned; tokens a late timer earned past the burst stay until spent or idle
+        ceiling = self.burst + (self.rate * LATE_TIMER_ALLOWANCE if self._backlogged else 0.0)
+        self.tokens = min(ceiling, self.tokens + elapsed * self.rate)
+        self._backlogged = False
 
     def may_take(self) -> bool:
         """Whether one more frame may go now (the bucket is not in debt)."""
         if self.unlimited:
             return True
         self._refill()
-        return self.tokens > 0
+        if self.tokens > 0:
+            return True
+        self._backlogged = True
+        return False
 
     def take(self, amount: float) -> None:
         """Account for `amount` tokens spent (may leave the bucket in debt)."""
@@ -63,7 +77,10 @@ class TokenBucket:
         if self.unlimited:
             return 0.0
         self._refill()
-        return 0.0 if self.tokens > 0 else (-self.tokens + 1e-9) / self.rate + 1e-4
+        if self.tokens > 0:
+            return 0.0
+        self._backlogged = True
+        return (-self.tokens + 1e-9) / self.rate + 1e-4
 
 
 @dataclass

@@ -24,7 +24,7 @@ from kvmkit.hw.virtio.net.header import (
     VirtioNetCtrlHdr,
 )
 from kvmkit.net.framing import StreamDeframer, encode_frame
-from kvmkit.net.rate_limit import RateLimit, RateLimiter, TokenBucket, parse_rate
+from kvmkit.net.rate_limit import LATE_TIMER_ALLOWANCE, RateLimit, RateLimiter, TokenBucket, parse_rate
 
 
 def control(rig, cls: int, cmd: int, data: bytes) -> int:
@@ -162,3 +162,21 @@ def test_rx_limit_pauses_the_backend_and_resumes_on_the_timer():
     assert len(queue.take_used()) == 1
     stats = rig.device.stats()["rx"]
     assert stats["dropped"] == 0 and stats["throttled"] >= 1
+
+
+def test_token_bucket_keeps_its_rate_when_refill_timers_fire_late_but_never_exceeds_it():
+    clock = FakeClock()
+    bucket = TokenBucket(100_000, 3028, clock)  # a 30 ms burst
+    admitted, start = 0, clock.now
+    while clock.now - start < 10:
+        while bucket.may_take():
+            bucket.take(1514)
+            admitted += 1514
+        clock.now += bucket.delay() + 0.05  # the main loop wakes 50 ms late every time
+    elapsed = clock.now - start
+    assert 0.97 * 100_000 * elapsed <= admitted <= 100_000 * elapsed + 3028 + 1514
+    clock.now += 5  # the wait after a refusal earns at most the allowance past the burst ...
+    assert bucket.may_take() and bucket.tokens <= 3028 + 100_000 * LATE_TIMER_ALLOWANCE
+    bucket.take(bucket.tokens)
+    clock.now += 5  # ... and an idle spell no more than the burst
+    assert bucket.may_take() and bucket.tokens <= 3028
