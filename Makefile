@@ -20,7 +20,7 @@ test-host:
 	scripts/pytest-tier $(PYTEST) -q -m "not lab" tests
 
 test-lab:
-	scripts/pytest-tier $(KVMKIT) lab --timeout 1500 -- $(PYTEST) -q --color=no -p no:cacheprovider -m lab tests
+	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider -m lab tests
 
 docs: setup
 	$(PY) -m kvmkit.monitor.docgen > docs/qmp.md
