@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> int:
 
     signals = SignalShutdown()
     signals.install()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
     machine = PcMachine(config)
     signals.machine = machine
     hub = attach_monitors(machine, config)
