@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,13 +49,15 @@ def time_to_first_line(argv: list[str], timeout: float = 300) -> tuple[float, st
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True) as process:
         assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if FIRST_LINE in line and first != first:  # nan check: first time only
-                first = time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                process.kill()
-                break
+        watchdog = threading.Timer(timeout, process.kill)  # a silent, stuck VMM must not stall the benchmark
+        watchdog.start()
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if FIRST_LINE in line and first != first:  # nan check: first time only
+                    first = time.monotonic() - started
+        finally:
+            watchdog.cancel()
     return first, "".join(lines)
 
 
@@ -80,7 +83,8 @@ def main() -> int:
             pio[name].append(pio_exits_per_second(output))
             print(f"rep {rep} {name}: first userspace line at {seconds:.2f} s, "
                   f"{pio[name][-1]:.0f} PIO exits/s", flush=True)
-    medians = {name: statistics.median(values) for name, values in boot.items()}
+    medians = {name: statistics.median([v for v in values if v == v] or [float("nan")])
+               for name, values in boot.items()}
     pio_medians = {name: statistics.median(values) for name, values in pio.items()}
     result = {
         "runs": args.reps, "guest": {"kernel": assets.kernel.name, "memory": "256M", "cpus": 1},
