@@ -27,8 +27,7 @@ from harness.guest_run import kvmkit_command, qemu_command, run_guest
 from kvmkit.guest.build import GuestAssets, build_guest
 
 RESULTS = Path(__file__).resolve().parent / "results"
-IMAGE_MIB = 256
-FIO_SPAN = "192M"
+IMAGE_MIB = 256  # default --image-mib; fio works on the first 3/4 of each disk
 # name -> (fio arguments, terse field of bandwidth KiB/s, terse field of IOPS), fields counted from 1
 JOBS = {
     "seq-write-1M": ("--rw=write --bs=1M --iodepth=8", 48, 49),
@@ -39,9 +38,9 @@ GOALS = {"seq-write-1M": 0.9, "seq-read-1M": 0.9, "rand-read-4K": 0.5}
 DISKS = {"vda": "raw", "vdb": "qcow2"}
 
 
-def guest_script(reps: int, runtime: int) -> str:
+def guest_script(reps: int, runtime: int, image_mib: int = IMAGE_MIB) -> str:
     """Short: the whole script travels base64'd on the kernel command line (at most 2047 bytes)."""
-    lines = [f"j() {{ fio --name=$1 --filename=/dev/$2 --direct=1 --ioengine=libaio $3 --size={FIO_SPAN} "
+    lines = [f"j() {{ fio --name=$1 --filename=/dev/$2 --direct=1 --ioengine=libaio $3 --size={image_mib * 3 // 4}M "
              f"--runtime={runtime} --time_based --output-format=terse --terse-version=3 | cut -d';' -f$4; }}",
              f"for rep in $(seq 1 {reps}); do"]
     for device, fmt in DISKS.items():
@@ -62,11 +61,11 @@ def parse_results(output: str) -> dict[str, dict[str, list[dict[str, float]]]]:
     return found
 
 
-def make_images(folder: Path) -> dict[str, Path]:
+def make_images(folder: Path, image_mib: int) -> dict[str, Path]:
     raw = folder / "seed.raw"
     with open(raw, "wb") as f:
         chunk = os.urandom(1 << 20)
-        for _ in range(IMAGE_MIB):
+        for _ in range(image_mib):
             f.write(chunk)
     qcow2 = folder / "seed.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, qcow2], check=True)
@@ -111,7 +110,7 @@ def time_convert(argv: list[str], reps: int) -> float:
     return statistics.median(times)
 
 
-def convert_bench(seeds: dict[str, Path], folder: Path, reps: int) -> list[dict]:
+def convert_bench(seeds: dict[str, Path], folder: Path, reps: int, image_mib: int) -> list[dict]:
     kvmkit = [sys.executable, "-m", "kvmkit.cli.main", "img", "convert"]
     rows = []
     for source, target in (("raw", "qcow2"), ("qcow2", "raw")):
@@ -119,7 +118,7 @@ def convert_bench(seeds: dict[str, Path], folder: Path, reps: int) -> list[dict]
         base = ["-f", source, "-O", target, str(seeds[source]), out]
         ours = time_convert([*kvmkit, *base], reps)
         theirs = time_convert(["qemu-img", "convert", *base], reps)
-        rows.append({"convert": f"{source}->{target}", "MiB": IMAGE_MIB, "kvmkit_s": ours, "qemu_img_s": theirs,
+        rows.append({"convert": f"{source}->{target}", "MiB": image_mib, "kvmkit_s": ours, "qemu_img_s": theirs,
                      "ratio": theirs / ours if ours else 0.0})
     return rows
 
@@ -142,8 +141,8 @@ def summarize(runs: dict[str, dict], converts: list[dict], reps: int, runtime: i
 def markdown(summary: dict) -> str:
     lines = ["# Block benchmark: kvmkit vs QEMU (virtio-blk, same guest, same images)", "",
              f"Measured {summary['where']}; fio O_DIRECT libaio, {summary['fio_runtime_s']} s per job, "
-             f"median of {summary['reps']} runs. Absolute numbers are lab numbers (nested, TCG outer layer): "
-             "compare the ratios.", "",
+             f"median of {summary['reps']} runs, {summary.get('image_mib', IMAGE_MIB)} MiB disks. "
+             "Absolute numbers are lab numbers (nested, TCG outer layer): compare the ratios.", "",
              "| format | job | unit | kvmkit | QEMU | ratio | goal |", "|---|---|---|---:|---:|---:|---|"]
     for row in summary["guest"]:
         mark = "met" if row["met"] else "NOT met"
@@ -161,12 +160,16 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--runtime", type=int, default=3, help="seconds per fio job")
     parser.add_argument("--skip-qemu", action="store_true", help="only kvmkit (profiling)")
+    parser.add_argument("--image-mib", type=int, default=IMAGE_MIB, help="size of each disk and converted image")
+    parser.add_argument("--convert-reps", type=int, help="img convert repetitions (default: --reps)")
     args = parser.parse_args()
     assets = build_guest("generic", tools=("fio",))
-    script = guest_script(args.reps, args.runtime)
+    script = guest_script(args.reps, args.runtime, args.image_mib)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    partial = RESULTS / "block.partial.json"  # what a run cut short by the lab timeout still leaves
     with tempfile.TemporaryDirectory(prefix="kvmkit-bench-block-") as tmp:
         folder = Path(tmp)
-        seeds = make_images(folder)
+        seeds = make_images(folder, args.image_mib)
         runs = {}
         for vmm in ("kvmkit", "qemu"):
             if vmm == "qemu" and args.skip_qemu:
@@ -174,11 +177,13 @@ def main() -> int:
                 continue
             images = fresh_copies(seeds, folder, vmm)
             runs[vmm] = boot(vmm, assets, images, script)
+            partial.write_text(json.dumps(runs, indent=2) + "\n")
             for image in images.values():
                 image.unlink()
-        converts = convert_bench(seeds, folder, args.reps)
+        converts = convert_bench(seeds, folder, args.convert_reps or args.reps, args.image_mib)
     summary = summarize(runs, converts, args.reps, args.runtime)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    summary["image_mib"] = args.image_mib
+    partial.unlink(missing_ok=True)
     (RESULTS / "block.json").write_text(json.dumps(summary, indent=2) + "\n")
     (RESULTS / "block.md").write_text(markdown(summary))
     print(markdown(summary))
