@@ -163,7 +163,8 @@ class VirtioNet(VirtioDevice):
         return self.rx.direct_iovecs()
 
     def commit(self, nbytes: int) -> None:
-        self.rx_limiter.take(nbytes)
+        header = NET_HDR_LEN if self.backend.has_vnet_hdr else 0  # the limit counts frames, as on transmit
+        self.rx_limiter.take(max(nbytes - header, 0))
         self.rx.commit(nbytes)
 
     def deliver(self, frame: bytes | bytearray | memoryview) -> bool:
