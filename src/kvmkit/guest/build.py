@@ -13,7 +13,8 @@ from kvmkit.guest.host_programs import program_entries, program_files
 from kvmkit.guest.initramfs import BASE_DIRS, BUSYBOX, build_initramfs
 from kvmkit.guest.kernel_modules import ModuleTree
 
-GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "ext4")
+# crc32c_generic: ext4 asks for it at every mount, ext2 included (built in on the cloud kernel)
+GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "crc32c_generic", "ext4")
 BUILDER_VERSION = "1"
 
 

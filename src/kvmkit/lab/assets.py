@@ -14,9 +14,11 @@ from kvmkit.guest.initramfs import BUSYBOX, build_initramfs
 from kvmkit.guest.kernel_modules import ModuleTree
 
 # 9p to see the host, kvm_amd for a nested /dev/kvm, what network tests need inside the lab, and ext4 for a
-# loop-mounted filesystem that takes O_DIRECT (the lab's tmpfs refuses it; block tests need cache=none).
+# loop-mounted filesystem that takes O_DIRECT (the lab's tmpfs refuses it; block tests need cache=none), with
+# crc32c_generic, which ext4 asks for at every mount.
 LAB_MODULES = (
-    "virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "tun", "bridge", "veth", "vhost_net", "loop", "dummy", "ext4",
+    "virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "tun", "bridge", "veth", "vhost_net", "loop", "dummy",
+    "crc32c_generic", "ext4",
 )
 LAB_BUILDER_VERSION = "1"
 

@@ -147,7 +147,7 @@ def image_folder(tmp_path_factory) -> Iterator[Path]:
     with open(backing, "wb") as f:
         f.truncate(LOOP_FILESYSTEM_BYTES)
     mountpoint.mkdir()
-    sh("mkfs.ext2", "-q", "-F", backing)  # ext2: no journal or checksums (the lab kernel has no crc32c)
+    sh("mkfs.ext2", "-q", "-F", backing)  # ext2: no journal to write
     mounted = subprocess.run(["mount", "-t", "ext2", "-o", "loop", str(backing), str(mountpoint)],
                              capture_output=True, text=True, check=False)
     if mounted.returncode != 0:  # cache=none then falls back to writeback; test_cache_none_exercised says so
