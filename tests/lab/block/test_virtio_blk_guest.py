@@ -173,12 +173,13 @@ def planned_checks(script: str) -> int:
     return sum(line.split(" ", 1)[0] in ("check", "filecheck", "expect", "refuse") for line in script.splitlines())
 
 
-def checks(run: GuestRun) -> dict[str, str]:
-    found = {}
+def checks(run: GuestRun) -> list[tuple[str, str]]:
+    """Every CHECK line in order (a name repeats when a region is checked before and after the guest's writes)."""
+    found = []
     for line in run.lines():
         if line.startswith("CHECK "):
             _, name, status = line.split(" ", 2)
-            found[name] = status
+            found.append((name, status))
     return found
 
 
@@ -192,7 +193,7 @@ def test_guest_boot_checks_all_pass(disks, boot):
     run = disks.boots[boot - 1]
     assert run.returncode == 0 and run.guest_status == 0, describe(run)
     found = checks(run)
-    failed = {name: status for name, status in found.items() if status != "ok"}
+    failed = [(name, status) for name, status in found if status != "ok"]
     assert not failed, f"{failed}\n{describe(run)}"
     assert len(found) == planned_checks(boot_script(boot)), describe(run)
 
