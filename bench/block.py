@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument("--image-mib", type=int, default=IMAGE_MIB, help="size of each disk and converted image")
     parser.add_argument("--convert-reps", type=int, help="img convert repetitions (default: --reps)")
     args = parser.parse_args()
-    assets = build_guest("generic", tools=("fio",))
+    assets = build_guest("generic", tools=("fio", "iperf3"))
     script = guest_script(args.reps, args.runtime, args.image_mib)
     RESULTS.mkdir(parents=True, exist_ok=True)
     partial = RESULTS / "block.partial.json"  # what a run cut short by the lab timeout still leaves

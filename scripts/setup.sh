@@ -39,6 +39,7 @@ fi
 # Guest kernels and initramfs images (cached under ~/.cache/kvmkit, keyed by content).
 .venv/bin/kvmkit guest build --flavor generic > /dev/null
 .venv/bin/kvmkit guest build --flavor cloud > /dev/null
+# The guest the block and network tests and benchmarks use (built here: the lab cannot write the cache).
 .venv/bin/kvmkit guest build --flavor generic --with fio,iperf3 > /dev/null
 
 # Byte-compile everything the VMM and the tests import: Python reads .pyc files even where it may not write them
