@@ -128,11 +128,21 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
 
 
 def _lab_failure(message: str, io_dir: Path) -> int:
+    """Say why the lab failed: the kernel's own report (panic, Oops, BUG) if there is one, else the console's end.
+
+    The whole console log is kept next to the caller's working directory's temp space for a closer look.
+    """
     console = io_dir / "console.log"
-    tail = console.read_text(errors="replace").splitlines()[-15:] if console.exists() else []
+    lines = console.read_text(errors="replace").splitlines() if console.exists() else []
+    first_report = next((i for i, line in enumerate(lines)
+                         if any(word in line for word in ("Kernel panic", "BUG:", "Oops", "WARNING:", "watchdog:",
+                                                          "rcu: INFO", "Out of memory"))), None)
+    shown = lines[first_report:first_report + 40] if first_report is not None else lines[-15:]
     print(f"kvmkit lab: {message}", file=sys.stderr)
-    if tail:
-        print("kvmkit lab: last lines of the lab's console:", file=sys.stderr)
-        for line in tail:
+    if lines:
+        kept = Path(tempfile.gettempdir()) / f"kvmkit-lab-console-{int(time.time())}.log"
+        shutil.copyfile(console, kept)
+        print(f"kvmkit lab: the lab's console ({len(lines)} lines) is kept in {kept}; from it:", file=sys.stderr)
+        for line in shown:
             print(f"  {line}", file=sys.stderr)
     return LAB_FAILED
