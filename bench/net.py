@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
-    assets = build_guest("generic", tools=("fio", "iperf3"))
+    assets = build_guest("generic", tools=("iperf3",))
     samples: dict[str, list[dict[str, float]]] = {vmm: [] for vmm in VMMS}
     with tap("kvb0", "10.0.9.2/24"), iperf_server("10.0.9.2"):
         for rep in range(args.reps):

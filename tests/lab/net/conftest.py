@@ -9,4 +9,4 @@ from kvmkit.guest.build import GuestAssets, build_guest
 
 @pytest.fixture(scope="session")
 def net_guest() -> GuestAssets:
-    return build_guest("generic", tools=("fio", "iperf3"))
+    return build_guest("generic", tools=("iperf3",))
