@@ -3,7 +3,7 @@ PY := .venv/bin/python
 KVMKIT := .venv/bin/kvmkit
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-host test-lab lint docs bench clean
+.PHONY: setup demo test test-host test-lab test-lab-extended lint docs bench clean
 
 setup:
 	@scripts/setup.sh
@@ -20,7 +20,14 @@ test-host:
 	scripts/pytest-tier $(PYTEST) -q -m "not lab" tests
 
 test-lab:
-	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider -m lab tests
+	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider \
+		-m "lab and not extended" tests
+
+# Disk and network guests in the lab: they pass, but not yet reliably enough on CI's machine to gate on
+# (a hung block run and one lab kernel panic in the network tests; see the open issues).
+test-lab-extended:
+	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider \
+		-m "lab and extended" tests
 
 docs: setup
 	$(PY) -m kvmkit.monitor.docgen > docs/qmp.md

@@ -29,7 +29,7 @@ from lab.block.disk_plan import (
     second_boot_lines,
 )
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.extended]
 
 WRITABLE = ("q", "r", "v", "o", "c")  # labels (and serials) of the disks the guest writes
 BOOT_TIMEOUT = 400

@@ -14,7 +14,7 @@ import pytest
 from harness.monitored_run import start_monitored_run, with_qmp
 from lab.net.netlab import guest_ip, iperf_rates, iperf_script, iperf_server, sh, tap
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.extended]
 # Well below what the nested lab moves unlimited (~6-10 Mbit/s quiet; guest->host fell to 1.2 Mbit/s at load ~7).
 FIRST_RATE, SECOND_RATE = 125_000, 62_500  # bytes per second (1 and 0.5 Mbit/s)
 DATAGRAM = 1400  # UDP payload: 1442-byte frames, so the payload rate is 0.97 of the frame rate the limiter counts

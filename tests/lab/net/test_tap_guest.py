@@ -7,7 +7,7 @@ import pytest
 from harness.guest_run import kvmkit_command, run_guest
 from lab.net.netlab import guest_ip, iperf_rates, iperf_script, iperf_server, tap
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.extended]
 
 
 @pytest.mark.parametrize("vhost", ["off", "on"])

@@ -13,7 +13,7 @@ import pytest
 from harness.guest_run import kvmkit_command, qemu_command, run_guest
 from lab.net.netlab import bridge, guest_ip, ping_until, run_parallel, sh
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.extended]
 
 
 def test_two_kvmkit_guests_on_one_bridge_ping_each_other(net_guest):
