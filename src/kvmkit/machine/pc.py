@@ -199,12 +199,8 @@ class PcMachine:
     def _perform_reset(self, reason: str, guest: bool, resume: bool) -> None:
         self.cpus.pause_all()
         self.legacy.reset()
-        for _, blk, _ in self.block_devices:
-            blk.reset()
-        for device_number in range(256):
-            device = self.pci.device(device_number)
-            if device is not None:
-                device.reset()
+        for device in self.pci.devices():  # a virtio transport's reset resets its device too
+            device.reset()
         assign_pci_resources(self.pci)
         self.boot_state = self._load_guest()
         self._reset_cpus()

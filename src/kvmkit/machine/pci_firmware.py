@@ -31,10 +31,7 @@ def assign_pci_resources(bus: PciBus) -> None:
     """Program every unassigned BAR (largest first) and enable I/O, memory and bus mastering."""
     mmio = WindowAllocator(*PCI_MMIO_WINDOW, "memory")
     io = WindowAllocator(*PCI_IO_WINDOW, "I/O")
-    for devfn in range(256):
-        device = bus.device(devfn)
-        if device is None:
-            continue
+    for device in bus.devices():
         for bar in sorted(device.bars.values(), key=lambda b: b.size, reverse=True):
             address = (io if bar.kind is BarKind.IO else mmio).allocate(bar.size)
             offset = PCI_BAR0 + 4 * bar.index

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from kvmkit.accel.kvm.ioctls import KVMIO, _ioc
+from kvmkit.accel.kvm.ioctls import _ior, _iowr
 from kvmkit.accel.kvm.structs import KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE
 from kvmkit.accel.kvm.vm import KvmVm
 from kvmkit.memory.layout import IOAPIC_BASE
@@ -41,9 +41,8 @@ class KvmIrqchip(ctypes.LittleEndianStructure):
     _fields_ = [("chip_id", u32), ("pad", u32), ("chip", KvmIrqchipChips)]
 
 
-_IOC_READ, _IOC_WRITE = 2, 1
-KVM_GET_IRQCHIP = _ioc(_IOC_READ | _IOC_WRITE, KVMIO, 0x62, ctypes.sizeof(KvmIrqchip))
-KVM_SET_IRQCHIP = _ioc(_IOC_READ, KVMIO, 0x63, ctypes.sizeof(KvmIrqchip))
+KVM_GET_IRQCHIP = _iowr(0x62, KvmIrqchip)
+KVM_SET_IRQCHIP = _ior(0x63, KvmIrqchip)  # sic: the kernel's header declares it _IOR
 # Edge/level control register masks KVM uses for the two PICs (IRQ 0, 1, 2, 8, 13 are always edge).
 PIC_ELCR_MASKS = {KVM_IRQCHIP_PIC_MASTER: 0xF8, KVM_IRQCHIP_PIC_SLAVE: 0xDE}
 

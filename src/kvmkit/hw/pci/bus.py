@@ -62,6 +62,10 @@ class PciBus:
     def device(self, devfn: int) -> PciDevice | None:
         return self._devices.get(devfn)
 
+    def devices(self) -> list[PciDevice]:
+        """Every plugged function, in devfn order."""
+        return [self._devices[devfn] for devfn in sorted(self._devices)]
+
     def find(self, name: str) -> PciDevice | None:
         return next((d for d in self._devices.values() if d.name == name), None)
 
