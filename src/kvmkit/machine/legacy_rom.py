@@ -7,20 +7,13 @@ write still exits to the (empty) MMIO bus. It is not RAM: the e820 map leaves it
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-
 from kvmkit.accel.kvm.vm import KvmVm
-from kvmkit.memory.guest_memory import GuestMemory
-from kvmkit.memory.layout import HIGH_RAM_START, LOW_RAM_END
+from kvmkit.memory.guest_memory import GuestMemory, RamRegion
+from kvmkit.memory.layout import HIGH_RAM_START, LOW_RAM_END, RamRange
 
 
-def map_legacy_rom_area(vm: KvmVm, memory: GuestMemory, slot: int) -> mmap.mmap:
+def map_legacy_rom_area(vm: KvmVm, memory: GuestMemory, slot: int) -> RamRegion:
     """Map the memfd's (otherwise unused) bytes at 640K-1M read-only into the guest; returns the mapping."""
-    size = HIGH_RAM_START - LOW_RAM_END
-    area = mmap.mmap(memory.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=LOW_RAM_END)
-    anchor = ctypes.c_char.from_buffer(area)
-    address = ctypes.addressof(anchor)
-    del anchor
-    vm.set_user_memory_region(slot, LOW_RAM_END, size, address, readonly=True)
+    area = RamRegion(RamRange(LOW_RAM_END, HIGH_RAM_START - LOW_RAM_END, LOW_RAM_END), memory.fd)
+    vm.set_user_memory_region(slot, area.gpa, area.size, area.host_address, readonly=True)
     return area
