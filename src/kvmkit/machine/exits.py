@@ -7,8 +7,10 @@ machine-level event (shutdown, reset, internal error) that the machine decides a
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 
+from kvmkit.accel.kvm import structs
 from kvmkit.accel.kvm.coalesced import CoalescedWrites
 from kvmkit.accel.kvm.ioctls import ExitReason, SystemEvent
 from kvmkit.accel.kvm.vcpu import KvmVcpu
@@ -23,6 +25,14 @@ EXIT_SHUTDOWN = int(ExitReason.SHUTDOWN)
 EXIT_SYSTEM_EVENT = int(ExitReason.SYSTEM_EVENT)
 EXIT_IRQ_WINDOW_OPEN = int(ExitReason.IRQ_WINDOW_OPEN)
 IO_DIRECTION_OUT = 1
+
+# kvm_run is read with struct.unpack_from on the raw page: one call per exit instead of a ctypes object per field.
+_EXIT_REASON = struct.Struct("<I")
+_EXIT_REASON_OFFSET = structs.KvmRun.exit_reason.offset
+_EXIT_OFFSET = structs.KvmRun.exit.offset
+_IO = struct.Struct("<BBHIQ")  # kvm_run.io: direction, size, port, count, data_offset
+_MMIO = struct.Struct("<Q8sIB")  # kvm_run.mmio: phys_addr, data, len, is_write
+_MMIO_DATA_OFFSET = _EXIT_OFFSET + structs.KvmRunMmio.data.offset
 
 
 class ExitDispatcher:
@@ -42,29 +52,38 @@ class ExitDispatcher:
         coalesced = self.coalesced
         if coalesced is not None and coalesced.pending():
             coalesced.replay(self.pio.write, self.mmio.write)
-        run = vcpu.kvm_run
-        reason = run.exit_reason
+        page = vcpu.run_page
+        reason = _EXIT_REASON.unpack_from(page, _EXIT_REASON_OFFSET)[0]
         if reason == EXIT_IO:
-            io = run.io
-            size = io.size
-            data = vcpu.io_data()
-            port = io.port
-            if io.direction == IO_DIRECTION_OUT:
+            direction, size, port, count, start = _IO.unpack_from(page, _EXIT_OFFSET)
+            end = start + size * count
+            if end > len(page) or not size:
+                self.on_fatal(vcpu, f"vCPU {vcpu.index}: KVM_EXIT_IO data at {start:#x}..{end:#x} is outside "
+                                    "the kvm_run page")
+                return False
+            if count == 1:  # the common case: one IN or OUT
+                if direction == IO_DIRECTION_OUT:
+                    self.pio.write(port, size, int.from_bytes(page[start:end], "little"))
+                else:
+                    page[start:end] = self.pio.read(port, size).to_bytes(size, "little")
+                return True
+            if direction == IO_DIRECTION_OUT:  # string I/O (REP OUTS/INS): one access per element
                 write = self.pio.write
-                for offset in range(0, len(data), size):
-                    write(port, size, int.from_bytes(data[offset:offset + size], "little"))
+                for offset in range(start, end, size):
+                    write(port, size, int.from_bytes(page[offset:offset + size], "little"))
             else:
                 read = self.pio.read
-                for offset in range(0, len(data), size):
-                    data[offset:offset + size] = read(port, size).to_bytes(size, "little")
+                for offset in range(start, end, size):
+                    page[offset:offset + size] = read(port, size).to_bytes(size, "little")
             return True
         if reason == EXIT_MMIO:
-            mmio = run.mmio
-            data = vcpu.mmio_data()
-            if mmio.is_write:
-                self.mmio.write(mmio.phys_addr, mmio.len, int.from_bytes(data, "little"))
+            address, data, length, is_write = _MMIO.unpack_from(page, _EXIT_OFFSET)
+            length = min(length, 8)
+            if is_write:
+                self.mmio.write(address, length, int.from_bytes(data[:length], "little"))
             else:
-                data[:] = self.mmio.read(mmio.phys_addr, mmio.len).to_bytes(mmio.len, "little")
+                page[_MMIO_DATA_OFFSET:_MMIO_DATA_OFFSET + length] = \
+                    self.mmio.read(address, length).to_bytes(length, "little")
             return True
         return self._rare_exit(vcpu, reason)
 

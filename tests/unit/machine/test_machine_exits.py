@@ -30,6 +30,7 @@ class FakeVcpu:
 
     def __init__(self) -> None:
         self.page = bytearray(PAGE)
+        self.run_page = memoryview(self.page)
         self.kvm_run = s.KvmRun.from_buffer(self.page)
 
     def io_data(self) -> memoryview:
@@ -129,6 +130,7 @@ class FakeCoalesced:
 
         self.buffer = bytearray(ctypes.sizeof(KvmCoalescedMmioRing))
         self.writes = CoalescedWrites.__new__(CoalescedWrites)
+        self.writes.page = memoryview(self.buffer)
         self.writes.ring = KvmCoalescedMmioRing.from_buffer(self.buffer)
 
     def queue_pio(self, port: int, size: int, value: int) -> None:
@@ -153,3 +155,46 @@ def test_coalesced_writes_are_replayed_in_order_before_the_exit_is_handled():
     dispatcher(vcpu)
     assert address_port.writes == [(0, 4, 0x8000_0000), (0, 4, 0x8000_0800)]
     assert not coalesced.writes.pending()
+
+
+def test_coalesced_replay_stops_at_an_out_of_range_index():
+    dispatcher, pio, _ = make_dispatcher([])
+    port = RecordingDevice()
+    pio.register(0xCF8, 4, port, "address")
+    coalesced = FakeCoalesced()
+    coalesced.writes.ring.first = 10_000  # never written by KVM: must not index outside the ring page
+    coalesced.writes.ring.last = 3
+    coalesced.writes.replay(pio.write, pio.write)
+    assert port.writes == []
+
+
+def test_string_pio_in_fills_every_element():
+    dispatcher, pio, _ = make_dispatcher([])
+    pio.register(0x700, 2, RecordingDevice(read_value=0xBEEF), "test")
+    vcpu = FakeVcpu()
+    pio_exit(vcpu, 0x700, 2, 3, out=False)
+    assert dispatcher(vcpu) is True
+    assert bytes(vcpu.page[512:518]) == bytes([0xEF, 0xBE] * 3)
+
+
+def test_pio_data_outside_the_kvm_run_page_is_fatal_not_a_crash():
+    events: list = []
+    dispatcher, pio, _ = make_dispatcher(events)
+    vcpu = FakeVcpu()
+    pio_exit(vcpu, 0x60, 4, 2000, out=False)  # 8000 bytes from offset 512: beyond the page
+    assert dispatcher(vcpu) is False
+    assert events[0][0] == "fatal" and "outside the kvm_run page" in events[0][1]
+
+
+def test_bus_cache_follows_registration_changes():
+    dispatcher, pio, _ = make_dispatcher([])
+    vcpu = FakeVcpu()
+    pio_exit(vcpu, 0x510, 1, 1, out=False)
+    dispatcher(vcpu)
+    assert vcpu.page[512] == 0xFF  # unassigned, and now cached as such
+    pio.register(0x510, 1, RecordingDevice(read_value=0x42), "late")
+    dispatcher(vcpu)
+    assert vcpu.page[512] == 0x42
+    pio.unregister(0x510)
+    dispatcher(vcpu)
+    assert vcpu.page[512] == 0xFF

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import struct
 from collections.abc import Callable
 
 from kvmkit.accel.kvm.ioctls import _iow
@@ -45,13 +46,19 @@ KVM_REGISTER_COALESCED_MMIO = _iow(0x67, KvmCoalescedMmioZone)
 
 WriteHandler = Callable[[int, int, int], None]  # (address, size, value)
 
+_INDICES = struct.Struct("<II")  # ring.first, ring.last
+_ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pio, data
+_ENTRIES_OFFSET = KvmCoalescedMmioRing.entries.offset
+_ENTRY_SIZE = ctypes.sizeof(KvmCoalescedMmio)
+
 
 class CoalescedWrites:
     """The VM's coalesced-write ring (mapped through any vCPU) and the zones registered in it."""
 
     def __init__(self, vm: KvmVm, vcpu: KvmVcpu, page_offset: int) -> None:
         self.vm = vm
-        self.ring = KvmCoalescedMmioRing.from_buffer(vcpu.mapped_page(page_offset))
+        self.page = vcpu.mapped_page(page_offset)
+        self.ring = KvmCoalescedMmioRing.from_buffer(self.page)
 
     @classmethod
     def open(cls, vm: KvmVm, vcpu: KvmVcpu, kvm_check: Callable[[int], int]) -> CoalescedWrites | None:
@@ -66,16 +73,21 @@ class CoalescedWrites:
         self.vm.ioctl(KVM_REGISTER_COALESCED_MMIO, zone, "KVM_REGISTER_COALESCED_MMIO")
 
     def pending(self) -> bool:
-        ring = self.ring
-        return ring.first != ring.last
+        first, last = _INDICES.unpack_from(self.page, 0)
+        return first != last
 
     def replay(self, pio_write: WriteHandler, mmio_write: WriteHandler) -> None:
-        """Dispatch every queued write in order (call with the BQL held, before handling any exit)."""
-        ring = self.ring
-        entries = ring.entries
-        while ring.first != ring.last:
-            entry = entries[ring.first]
-            size = min(entry.len, 8)
-            value = int.from_bytes(bytes(entry.data)[:size], "little")
-            (pio_write if entry.pio else mmio_write)(entry.phys_addr, size, value)
-            ring.first = (ring.first + 1) % RING_ENTRIES
+        """Dispatch every queued write in order (call with the BQL held, before handling any exit).
+
+        The ring is read with struct on the shared page (no ctypes object per entry); `first` is advanced past
+        each entry before it is dispatched, and indices out of range (KVM never writes them) stop the replay.
+        """
+        page = self.page
+        first, last = _INDICES.unpack_from(page, 0)
+        while first != last and first < RING_ENTRIES:
+            address, length, pio, data = _ENTRY.unpack_from(page, _ENTRIES_OFFSET + first * _ENTRY_SIZE)
+            size = min(length, 8)
+            first = (first + 1) % RING_ENTRIES
+            struct.pack_into("<I", page, 0, first)
+            (pio_write if pio else mmio_write)(address, size, int.from_bytes(data[:size], "little"))
+            last = _INDICES.unpack_from(page, 0)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import struct
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -17,6 +18,8 @@ from kvmkit.errors import HostError
 
 _KVM_RUN = ioctls.KVM_RUN
 _EXIT_INTR = int(ExitReason.INTR)
+_EXIT_REASON = struct.Struct("<I")
+_EXIT_REASON_OFFSET = s.KvmRun.exit_reason.offset
 
 
 class KvmVcpu(KvmFd):
@@ -28,6 +31,7 @@ class KvmVcpu(KvmFd):
         self.has_immediate_exit = has_immediate_exit
         self._run_map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._run_page = memoryview(self._run_map)
+        self.run_page = self._run_page  # the raw kvm_run mapping, for the exit path's struct.unpack_from
         self.kvm_run = s.KvmRun.from_buffer(self._run_map)
         self._thread_ident: int | None = None
 
@@ -49,7 +53,7 @@ class KvmVcpu(KvmFd):
             return _EXIT_INTR
         except OSError as error:
             raise HostError(f"{self.name}: KVM_RUN failed: {os.strerror(error.errno or 0)}") from error
-        return self.kvm_run.exit_reason
+        return _EXIT_REASON.unpack_from(self._run_page, _EXIT_REASON_OFFSET)[0]
 
     @property
     def immediate_exit(self) -> bool:

@@ -35,6 +35,15 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4
 COM2_PORT, COM2_IRQ = 0x2F8, 3
 UART_PORT_COUNT = 8
 
+# Hot-path constants as plain module ints (see uart_regs).
+_THR, _LSR, _REGISTER_COUNT = UartRegister.RBR_THR, UartRegister.LSR, UartRegister.COUNT
+_DLAB = Lcr.DLAB
+_LSR_IDLE = Lsr.THR_EMPTY | Lsr.TRANSMITTER_EMPTY  # transmission is immediate: always empty
+_DATA_READY = Lsr.DATA_READY
+_ERBFI, _ETBEI, _ELSI, _EDSSI = Ier.ERBFI, Ier.ETBEI, Ier.ELSI, Ier.EDSSI
+_FIFO_ENABLE, _TRIGGER_MASK = Fcr.ENABLE, Fcr.TRIGGER_MASK
+_NO_INTERRUPT = IirSource.NONE
+
 # The divisor a PC BIOS leaves programmed (9600 baud from the 1.8432 MHz clock).
 DEFAULT_DIVISOR = 12
 
@@ -70,22 +79,30 @@ class Serial16550A:
 
     # -- IoHandler -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
-        try:
-            register = UartRegister(offset)
-        except ValueError:
+        s = self._state
+        if offset == _LSR:  # the hot path: Linux polls LSR before every console byte it sends
+            errors = s.lsr_errors
+            value = _LSR_IDLE | errors | (_DATA_READY if s.rx_fifo else 0)
+            if errors:  # reading LSR clears the sticky errors, which may lower the line
+                s.lsr_errors = 0
+                self._update_irq()
+            return value
+        if not 0 <= offset < _REGISTER_COUNT:
             log.debug("%s: read of offset %#x outside the UART", self.name, offset)
             return 0xFF
-        value = self._read_register(register)
+        value = self._read_register(offset)
         self._update_irq()
         return value
 
     def write(self, offset: int, size: int, value: int) -> None:
-        try:
-            register = UartRegister(offset)
-        except ValueError:
+        if offset == _THR and not self._state.lcr & _DLAB:  # the hot path: one console byte
+            self._transmit(value & 0xFF)
+            self._update_irq()
+            return
+        if not 0 <= offset < _REGISTER_COUNT:
             log.debug("%s: write %#x to offset %#x outside the UART ignored", self.name, value, offset)
             return
-        self._write_register(register, value & 0xFF)
+        self._write_register(offset, value & 0xFF)
         self._update_irq()
 
     # -- backend side --------------------------------------------------------------------------
@@ -136,51 +153,51 @@ class Serial16550A:
         self._notify_backend_room()
 
     # -- registers -----------------------------------------------------------------------------
-    def _read_register(self, register: UartRegister) -> int:
+    def _read_register(self, register: int) -> int:
         s = self._state
-        dlab = bool(s.lcr & Lcr.DLAB)
-        if register is UartRegister.RBR_THR:
+        dlab = bool(s.lcr & _DLAB)
+        if register == UartRegister.RBR_THR:
             return s.divisor & 0xFF if dlab else self._pop_rx()
-        if register is UartRegister.IER:
+        if register == UartRegister.IER:
             return s.divisor >> 8 if dlab else s.ier
-        if register is UartRegister.IIR_FCR:
+        if register == UartRegister.IIR_FCR:
             return self._read_iir()
-        if register is UartRegister.LCR:
+        if register == UartRegister.LCR:
             return s.lcr
-        if register is UartRegister.MCR:
+        if register == UartRegister.MCR:
             return s.mcr
-        if register is UartRegister.LSR:
+        if register == UartRegister.LSR:
             value = self._line_status()
             s.lsr_errors = 0
             return value
-        if register is UartRegister.MSR:
+        if register == UartRegister.MSR:
             value = self._modem_inputs() | s.msr_deltas
             s.msr_deltas = 0
             return value
         return s.scr
 
-    def _write_register(self, register: UartRegister, value: int) -> None:
+    def _write_register(self, register: int, value: int) -> None:
         s = self._state
-        dlab = bool(s.lcr & Lcr.DLAB)
-        if register is UartRegister.RBR_THR:
+        dlab = bool(s.lcr & _DLAB)
+        if register == UartRegister.RBR_THR:
             if dlab:
                 s.divisor = (s.divisor & 0xFF00) | value
             else:
                 self._transmit(value)
-        elif register is UartRegister.IER:
+        elif register == UartRegister.IER:
             if dlab:
                 s.divisor = (s.divisor & 0x00FF) | (value << 8)
             else:
                 self._write_ier(value)
-        elif register is UartRegister.IIR_FCR:
+        elif register == UartRegister.IIR_FCR:
             self._write_fcr(value)
-        elif register is UartRegister.LCR:
+        elif register == UartRegister.LCR:
             s.lcr = value
-        elif register is UartRegister.MCR:
+        elif register == UartRegister.MCR:
             self._write_mcr(value)
-        elif register is UartRegister.LSR:
+        elif register == UartRegister.LSR:
             log.debug("%s: write %#x to read-only LSR ignored", self.name, value)
-        elif register is UartRegister.MSR:
+        elif register == UartRegister.MSR:
             log.debug("%s: write %#x to read-only MSR ignored", self.name, value)
         else:
             s.scr = value
@@ -240,49 +257,50 @@ class Serial16550A:
     # -- derived registers ---------------------------------------------------------------------
     def _line_status(self) -> int:
         s = self._state
-        value = Lsr.THR_EMPTY | Lsr.TRANSMITTER_EMPTY | s.lsr_errors
-        if s.rx_fifo:
-            value |= Lsr.DATA_READY
-        return int(value)
+        return _LSR_IDLE | s.lsr_errors | (_DATA_READY if s.rx_fifo else 0)
 
     def _modem_inputs(self) -> int:
         s = self._state
         if not s.mcr & Mcr.LOOP:
-            return int(CONNECTED_MODEM_INPUTS)
+            return CONNECTED_MODEM_INPUTS
         value = 0
         for output, input_bit in LOOPBACK_WIRING:
             if s.mcr & output:
                 value |= input_bit
         return value
 
-    def _interrupt_source(self) -> IirSource:
+    def _interrupt_source(self) -> int:
+        """The IirSource of the highest-priority pending interrupt (IirSource.NONE if none)."""
         s = self._state
-        if s.ier & Ier.ELSI and s.lsr_errors:
+        ier = s.ier
+        if not ier:
+            return _NO_INTERRUPT
+        if ier & _ELSI and s.lsr_errors:
             return IirSource.RECEIVER_LINE_STATUS
-        if s.ier & Ier.ERBFI and s.rx_fifo:
-            if s.fcr & Fcr.ENABLE and len(s.rx_fifo) < RX_TRIGGER_LEVELS[(s.fcr & Fcr.TRIGGER_MASK) >> 6]:
+        if ier & _ERBFI and s.rx_fifo:
+            if s.fcr & _FIFO_ENABLE and len(s.rx_fifo) < RX_TRIGGER_LEVELS[(s.fcr & _TRIGGER_MASK) >> 6]:
                 # Below the trigger level the real chip times out after 4 character times;
                 # reporting the timeout at once lets the guest drain without a timer.
                 return IirSource.RX_TIMEOUT
             return IirSource.RX_DATA_AVAILABLE
-        if s.ier & Ier.ETBEI and s.thr_interrupt_pending:
+        if ier & _ETBEI and s.thr_interrupt_pending:
             return IirSource.THR_EMPTY
-        if s.ier & Ier.EDSSI and s.msr_deltas:
+        if ier & _EDSSI and s.msr_deltas:
             return IirSource.MODEM_STATUS
-        return IirSource.NONE
+        return _NO_INTERRUPT
 
     def _read_iir(self) -> int:
         source = self._interrupt_source()
-        if source is IirSource.THR_EMPTY:
+        if source == IirSource.THR_EMPTY:
             self._state.thr_interrupt_pending = False
-        fifo_bits = Iir.FIFOS_ENABLED if self._state.fcr & Fcr.ENABLE else 0
-        return int(source) | int(fifo_bits)
+        fifo_bits = Iir.FIFOS_ENABLED if self._state.fcr & _FIFO_ENABLE else 0
+        return source | fifo_bits
 
     def _compute_irq_level(self) -> bool:
-        return self._interrupt_source() is not IirSource.NONE
+        return self._interrupt_source() != _NO_INTERRUPT
 
     def _update_irq(self) -> None:
-        level = self._compute_irq_level()
+        level = self._interrupt_source() != _NO_INTERRUPT
         if level != self._irq_level:
             self._irq_level = level
             self._irq.set_level(level)

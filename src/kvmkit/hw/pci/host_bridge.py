@@ -9,6 +9,8 @@ CONFIG_ADDRESS_PORT = 0xCF8
 CONFIG_PORTS_LENGTH = 8
 CONFIG_DATA_OFFSET = 4
 CONFIG_ENABLE = 1 << 31
+_ENABLED_BUS_MASK = CONFIG_ENABLE | 0xFF_0000  # the enable bit and the bus number of CONFIG_ADDRESS
+_ALL_ONES = tuple((1 << (8 * size)) - 1 for size in range(5))
 
 HOST_BRIDGE_VENDOR_ID = 0x8086  # i440FX-like ids: Linux needs no quirks for them
 HOST_BRIDGE_DEVICE_ID = 0x1237
@@ -34,18 +36,18 @@ class PciHostBridge:
         bus.add(self.function, slot=0)
 
     def read(self, offset: int, size: int) -> int:
-        all_ones = (1 << (8 * size)) - 1
-        if offset < CONFIG_DATA_OFFSET:
-            if offset == 0 and size == 4:
-                return self.address
-            return all_ones  # partial accesses to 0xCF8 are not config cycles
-        target = self._target(offset)
-        if target is None:
-            return all_ones
-        devfn, register = target
-        if register + size > 256:
-            return all_ones
-        return self.bus.config_read(devfn, register, size)
+        address = self.address
+        if offset >= CONFIG_DATA_OFFSET:
+            # The hot path: Linux probes every bus and slot at boot, almost all of them empty.
+            if address & _ENABLED_BUS_MASK != CONFIG_ENABLE:  # disabled, or a bus other than 0
+                return _ALL_ONES[size]
+            register = (address & 0xFC) + offset - CONFIG_DATA_OFFSET
+            if register + size > 256:
+                return _ALL_ONES[size]
+            return self.bus.config_read((address >> 8) & 0xFF, register, size)
+        if offset == 0 and size == 4:
+            return address
+        return _ALL_ONES[size]  # partial accesses to 0xCF8 are not config cycles
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset < CONFIG_DATA_OFFSET:
