@@ -6,9 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kvmkit.chardev.base import Chardev
-from kvmkit.hw.char.serial import COM1_IRQ, COM1_PORT, COM2_IRQ, COM2_PORT, UART_PORT_COUNT, Serial16550A
+from kvmkit.hw.char.serial import (
+    COM1_IRQ,
+    COM1_PORT,
+    COM2_IRQ,
+    COM2_PORT,
+    UART_PORT_COUNT,
+    Scheduler,
+    Serial16550A,
+)
 from kvmkit.hw.device import IrqLine
-from kvmkit.hw.misc.i8042 import I8042, i8042_port_handlers
+from kvmkit.hw.misc.i8042 import I8042, KEYBOARD_IRQ, MOUSE_IRQ, i8042_port_handlers
 from kvmkit.hw.misc.ioport_sink import LEGACY_PORT_SINKS
 from kvmkit.hw.misc.port92 import Port92
 from kvmkit.hw.timer.rtc import RTC_PORT_BASE, RTC_PORT_COUNT, CmosRtc
@@ -26,6 +34,11 @@ class LegacyDevices:
     i8042: I8042 | None = None
     port92: Port92 | None = None
 
+    def flush_output(self) -> None:
+        """Write out console bytes the UARTs are still gathering (before the backends close)."""
+        for uart in self.serials:
+            uart.flush_tx()
+
     def reset(self) -> None:
         for device in (*self.serials, self.rtc, self.i8042, self.port92):
             if device is not None:
@@ -34,19 +47,20 @@ class LegacyDevices:
 
 def attach_legacy_devices(pio: IoBus, serial_backends: list[Chardev | None], irq: Callable[[int], IrqLine],
                           reset_requested: Callable[[], None], memory_below_4g: int, memory_above_4g: int,
-                          cpus: int) -> LegacyDevices:
+                          cpus: int, schedule: Scheduler | None = None) -> LegacyDevices:
     """Create the devices and register their port windows on the PIO bus."""
     devices = LegacyDevices()
     for index, backend in enumerate(serial_backends[:len(SERIAL_PORTS)]):
         port, gsi = SERIAL_PORTS[index]
-        uart = Serial16550A(irq(gsi), backend, name=f"serial{index}")
+        uart = Serial16550A(irq(gsi), backend, name=f"serial{index}", schedule=schedule)
         pio.register(port, UART_PORT_COUNT, uart, f"serial{index}")
         devices.serials.append(uart)
     devices.rtc = CmosRtc()
     devices.rtc.set_memory_size(memory_below_4g, memory_above_4g)
     devices.rtc.set_cpu_count(cpus)
     pio.register(RTC_PORT_BASE, RTC_PORT_COUNT, devices.rtc, "rtc")
-    devices.i8042 = I8042(reset_requested=reset_requested)
+    # With its IRQs wired, Linux's AUX port check gets its interrupt at once instead of waiting 250 ms for it.
+    devices.i8042 = I8042(reset_requested=reset_requested, keyboard_irq=irq(KEYBOARD_IRQ), mouse_irq=irq(MOUSE_IRQ))
     for port, handler in i8042_port_handlers(devices.i8042).items():
         pio.register(port, 1, handler, f"i8042@{port:#x}")
     devices.port92 = Port92(reset_requested)

@@ -273,3 +273,43 @@ def test_linux_fifo_probe_sequence_identifies_a_16550a_without_64_byte_fifo() ->
     uart.write(R.IIR_FCR, 1, Fcr.ENABLE | 0x20)  # 16750 64-byte FIFO bit
     uart.write(R.LCR, 1, 0)
     assert uart.read(R.IIR_FCR, 1) >> 5 == 6
+
+
+class RecordingScheduler:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, object]] = []
+
+    def __call__(self, delay: float, callback) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append((delay, callback))
+
+    def run_due(self) -> None:
+        calls, self.calls = self.calls, []
+        for _, callback in calls:
+            callback()  # type: ignore[operator]
+
+
+def test_with_a_scheduler_output_is_gathered_into_one_backend_write_per_burst() -> None:
+    chardev, schedule = MemoryChardev(), RecordingScheduler()
+    writes: list[bytes] = []
+    chardev.write = writes.append  # type: ignore[method-assign]
+    uart = Serial16550A(RecordingIrq(), chardev, schedule=schedule)
+    for byte in b"Linux version 6.1\n":
+        assert uart.read(R.LSR, 1) & Lsr.THR_EMPTY
+        uart.write(R.RBR_THR, 1, byte)
+    assert writes == [] and len(schedule.calls) == 1  # one timer armed for the whole burst
+    schedule.run_due()
+    assert writes == [b"Linux version 6.1\n"]
+    uart.write(R.RBR_THR, 1, ord("#"))
+    assert len(schedule.calls) == 1  # the next burst arms a new one
+    uart.reset()  # a reset (like save and machine shutdown) writes out what is waiting
+    assert writes == [b"Linux version 6.1\n", b"#"]
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_timer() -> None:
+    from kvmkit.hw.char.serial import TX_BATCH_LIMIT
+
+    chardev, schedule = MemoryChardev(), RecordingScheduler()
+    uart = Serial16550A(RecordingIrq(), chardev, schedule=schedule)
+    for _ in range(TX_BATCH_LIMIT):
+        uart.write(R.RBR_THR, 1, ord("x"))
+    assert bytes(chardev.output) == b"x" * TX_BATCH_LIMIT

@@ -9,6 +9,7 @@ the backend honours it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from kvmkit.chardev.base import Chardev
@@ -44,6 +45,11 @@ _ERBFI, _ETBEI, _ELSI, _EDSSI = Ier.ERBFI, Ier.ETBEI, Ier.ELSI, Ier.EDSSI
 _FIFO_ENABLE, _TRIGGER_MASK = Fcr.ENABLE, Fcr.TRIGGER_MASK
 _NO_INTERRUPT = IirSource.NONE
 
+# Output gathering (see Serial16550A.__init__): a burst is written after at most this delay or this many bytes.
+TX_FLUSH_DELAY = 0.01
+TX_BATCH_LIMIT = 4096
+Scheduler = Callable[[float, Callable[[], None]], object]
+
 # The divisor a PC BIOS leaves programmed (9600 baud from the 1.8432 MHz clock).
 DEFAULT_DIVISOR = 12
 
@@ -67,10 +73,17 @@ class UartState:
 class Serial16550A:
     """A 16550A UART whose line is a character backend; implements `IoHandler`."""
 
-    def __init__(self, irq: IrqLine, chardev: Chardev | None, name: str = "serial0") -> None:
+    def __init__(self, irq: IrqLine, chardev: Chardev | None, name: str = "serial0",
+                 schedule: Scheduler | None = None) -> None:
         self.name = name
         self._irq = irq
         self._chardev = chardev
+        # With a scheduler (the main loop's call_later), transmitted bytes are gathered and handed to the
+        # backend TX_FLUSH_DELAY later (or once TX_BATCH_LIMIT are waiting): one host write per burst instead
+        # of one per byte. Without one, every byte is written at once.
+        self._schedule = schedule
+        self._tx = bytearray()
+        self._tx_flush_armed = False
         self._state = UartState()
         self._irq_level = False
         self._backend_throttled = False
@@ -123,14 +136,25 @@ class Serial16550A:
         self._update_irq()
 
     # -- lifecycle and migration ---------------------------------------------------------------
+    def flush_tx(self) -> None:
+        """Hand every gathered output byte to the backend now."""
+        self._tx_flush_armed = False
+        if self._tx:
+            data = bytes(self._tx)
+            self._tx.clear()
+            if self._chardev is not None:
+                self._chardev.write(data)
+
     def reset(self) -> None:
         """Power-on state (a system reset)."""
+        self.flush_tx()
         self._state = UartState()
         self._notify_backend_room()
         self._update_irq()
 
     def save(self) -> UartState:
         """A copy of the device state for migration."""
+        self.flush_tx()
         return replace(self._state)
 
     def load(self, state: UartState) -> None:
@@ -245,11 +269,19 @@ class Serial16550A:
         # The word length in LCR is not applied: the host side is a byte stream and guests
         # that skip programming LCR (tiny boot stubs) still mean 8-bit bytes.
         s = self._state
-        byte = value & 0xFF
         if s.mcr & Mcr.LOOP:
-            self._push_rx(bytes((byte,)))
+            self._push_rx(bytes((value,)))
         elif self._chardev is not None:
-            self._chardev.write(bytes((byte,)))
+            if self._schedule is None:
+                self._chardev.write(bytes((value,)))
+            else:
+                tx = self._tx
+                tx.append(value)
+                if len(tx) >= TX_BATCH_LIMIT:
+                    self.flush_tx()
+                elif not self._tx_flush_armed:
+                    self._tx_flush_armed = True
+                    self._schedule(TX_FLUSH_DELAY, self.flush_tx)
         # The byte left at once, so THR is empty again: the THRE interrupt (cleared by this
         # write) is immediately due again.
         s.thr_interrupt_pending = True
