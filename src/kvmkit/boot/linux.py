@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kvmkit.boot.cpu_state import (
     BootCpuState,
 )
 from kvmkit.boot.e820 import E820Entry, build_e820
+from kvmkit.boot.elf import HEADERS_READ, ElfKernel, parse_elf_kernel
 from kvmkit.boot.gdt import BootGdt
 from kvmkit.boot.guest_ram import GuestRam
 from kvmkit.boot.layout import (
@@ -46,6 +48,7 @@ from kvmkit.boot.setup_header import (
     SETUP_HEADER_OFFSET,
     BootParams,
 )
+from kvmkit.boot.vmlinux import check_segments_fit, load_segments
 from kvmkit.errors import BootError
 
 MIN_RAM = 32 * MIB
@@ -123,16 +126,55 @@ def load_linux(
     initrd_path: str | Path | None,
     cmdline: str,
     ncpus: int,
+    *,
+    image: BzImage | None = None,
+    vmlinux: str | Path | None = None,
 ) -> BootCpuState:
     """Load a bzImage (and optional initrd) into guest RAM and return the BSP's 64-bit entry state.
 
-    ``ram_regions`` are the (gpa, size) RAM ranges; the first must cover 0-0xA0000. Raises
-    BootError for anything that keeps the kernel from booting.
+    ``ram_regions`` are the (gpa, size) RAM ranges; the first must cover 0-0xA0000. ``image`` is the already
+    parsed bzImage, if the caller has it. With ``vmlinux`` (an ELF extracted from this bzImage, see
+    :mod:`kvmkit.boot.kernel_cache`) its segments are loaded at their physical addresses and the vCPU enters at
+    the ELF entry point, skipping the bzImage's decompressor (and its KASLR); the zero page still comes from the
+    bzImage's setup header. Raises BootError for anything that keeps the kernel from booting.
     """
     _check_ram(ram_regions)
-    image = BzImage.parse(kernel_path)
+    if image is None:
+        image = BzImage.parse(kernel_path)
     e820 = build_e820(ram_regions)
-    kernel_end = check_kernel_fits(image, e820)
+    elf_fd, kernel = -1, None
+    try:
+        if vmlinux is not None:
+            elf_fd, kernel = _open_vmlinux(Path(vmlinux))
+            kernel_end = check_segments_fit(kernel, e820, f"kernel {vmlinux}")
+            entry = kernel.entry
+        else:
+            kernel_end = check_kernel_fits(image, e820)
+            entry = KERNEL_LOAD_ADDR + KERNEL_64BIT_ENTRY_OFFSET
+        _load_images(ram, image, e820, kernel_end, initrd_path, cmdline, ncpus, elf_fd, kernel)
+    finally:
+        if elf_fd >= 0:
+            os.close(elf_fd)
+    return _entry_state(entry, ram)
+
+
+def _open_vmlinux(path: Path) -> tuple[int, ElfKernel]:
+    """Open a kernel ELF and validate its headers (from the same open file the segments are read from)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BootError(f"kernel {path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        kernel = parse_elf_kernel(os.pread(fd, HEADERS_READ, 0), os.fstat(fd).st_size, f"kernel {path}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, kernel
+
+
+def _load_images(ram: GuestRam, image: BzImage, e820: Sequence[E820Entry], kernel_end: int,
+                 initrd_path: str | Path | None, cmdline: str, ncpus: int, elf_fd: int,
+                 kernel: ElfKernel | None) -> None:
     cmdline_bytes = _encode_cmdline(cmdline, image)
     mptable = build_mptable(ncpus, MPTABLE_ADDR)
 
@@ -144,22 +186,26 @@ def load_linux(
         initrd_size = len(initrd)
         initrd_addr = place_initrd(initrd_path, initrd_size, e820, image.initrd_addr_max, kernel_end)
 
-    ram.write(KERNEL_LOAD_ADDR, bytes(image.protected_mode_kernel))
+    if kernel is not None:
+        load_segments(ram, elf_fd, kernel, f"kernel ELF for {image.path}")
+    else:
+        ram.write(KERNEL_LOAD_ADDR, image.protected_mode_kernel)
     if initrd:
         ram.write(initrd_addr, initrd)
     ram.write(CMDLINE_ADDR, cmdline_bytes)
     zero_page = build_zero_page(image, e820, CMDLINE_ADDR, initrd_addr, initrd_size)
     ram.write(ZERO_PAGE_ADDR, bytes(zero_page))
+    ram.write(MPTABLE_ADDR, mptable)
 
+
+def _entry_state(entry: int, ram: GuestRam) -> BootCpuState:
     gdt = BootGdt()
     ram.write(GDT_ADDR, gdt.to_bytes())
     ram.write(IDT_ADDR, bytes(IDT_SIZE))
     ram.write(TSS_ADDR, bytes(TSS_SIZE))
     cr3 = write_identity_page_tables(ram)
-    ram.write(MPTABLE_ADDR, mptable)
-
     return BootCpuState(
-        rip=KERNEL_LOAD_ADDR + KERNEL_64BIT_ENTRY_OFFSET,
+        rip=entry,
         rsp=BOOT_STACK_POINTER,
         rsi=ZERO_PAGE_ADDR,
         rflags=RFLAGS_RESERVED_ONE,

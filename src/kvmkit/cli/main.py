@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -30,6 +28,9 @@ def _usage() -> str:
 
 
 def _host_check(argv: list[str]) -> int:
+    import argparse  # here, not at the top: `kvmkit run` starts faster without argparse and json
+    import json
+
     parser = argparse.ArgumentParser(prog="kvmkit host-check", description=SUBCOMMANDS["host-check"][1])
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     args = parser.parse_args(argv)

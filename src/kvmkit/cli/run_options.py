@@ -73,11 +73,20 @@ def _existing_file(option: str) -> Callable[[str], Path]:
     return check
 
 
+ON_OFF = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
+
+
 def _machine(config: MachineConfig, value: str) -> None:
-    kind = parse_keyvals(value, "-machine", implied="type").get("type", "pc")
+    fields = parse_keyvals(value, "-machine", implied="type")
+    kind = fields.get("type", "pc")
     if kind not in ("pc", "q35", "microvm"):
         raise ConfigError(f"-machine: unsupported machine type {kind!r} (kvmkit provides 'pc')")
     config.machine_type = "pc"
+    if "kernel-cache" in fields:
+        setting = ON_OFF.get(fields["kernel-cache"].lower())
+        if setting is None:
+            raise ConfigError(f"-machine: kernel-cache takes on or off, not {fields['kernel-cache']!r}")
+        config.kernel_cache = setting
 
 
 def _accel(config: MachineConfig, value: str) -> None:
@@ -136,7 +145,7 @@ OPTIONS: dict[str, Option] = {
     "-S": Option(False, _flag("start_paused"), "start with the CPUs stopped (prelaunch)"),
     "-D": Option(True, _set("log_file", Path), "write the log to this file"),
     "-d": Option(True, lambda c, v: c.log_items.extend(v.split(",")), "log items (e.g. guest_errors,exits)"),
-    "-machine": Option(True, _machine, "machine type (pc)"),
+    "-machine": Option(True, _machine, "machine type (pc)[,kernel-cache=on|off]"),
     "-M": Option(True, _machine, "same as -machine"),
     "-accel": Option(True, _accel, "only kvm"),
     "-enable-kvm": Option(False, _ignored, "accepted; kvmkit always uses KVM"),

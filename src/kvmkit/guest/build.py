@@ -65,4 +65,15 @@ def build_guest(flavor: str = "generic", tools: tuple[str, ...] = ()) -> GuestAs
         partial = initrd.with_suffix(".partial")
         partial.write_bytes(image)
         os.replace(partial, initrd)
+    _cache_vmlinux(kernel.vmlinuz)
     return GuestAssets(flavor, kernel.vmlinuz, initrd, kernel.package, kernel.version)
+
+
+def _cache_vmlinux(vmlinuz: Path) -> None:
+    """Put the kernel's extracted vmlinux in the kernel cache now (the lab sees the cache read-only)."""
+    from kvmkit.boot.bzimage import BzImage
+    from kvmkit.boot.kernel_cache import KernelCache, cached_vmlinux
+
+    cache = KernelCache()
+    if cache.writable():
+        cached_vmlinux(BzImage.parse(vmlinuz), cache)

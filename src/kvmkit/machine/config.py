@@ -33,3 +33,5 @@ class MachineConfig:
     log_file: Path | None = None
     log_items: list[str] = field(default_factory=list)
     machine_type: str = "pc"
+    kernel_cache: bool = True
+    """Boot the bzImage's vmlinux from kvmkit's kernel cache (no in-guest decompression); -machine kernel-cache."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kvmkit.block.driver import BlockDriver
-from kvmkit.block.open import open_image
 from kvmkit.cli.run_options import parse_keyvals
 from kvmkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvmkit.block.driver import BlockDriver
 
 DRIVE_KEYS = {"file", "if", "format", "id", "readonly", "cache", "media", "index", "discard", "aio", "serial"}
 CACHE_MODES = {"none", "writeback", "writethrough", "directsync", "unsafe"}
@@ -105,6 +107,10 @@ def open_drives(drive_texts: list[str], device_texts: list[str]) -> list[OpenedD
                               "(if=virtio already creates its own device)")
         wanted.append((spec, device.serial or spec.serial, device.id))
     opened: list[OpenedDrive] = []
+    if not wanted:
+        return opened
+    from kvmkit.block.open import open_image  # the block layer (qcow2, vmdk, zstd) only for machines with disks
+
     try:
         for spec, serial, device_id in wanted:
             driver = open_image(spec.file, spec.format, read_only=spec.read_only, cache=spec.cache)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmkit.cli.run_options import parse_keyvals
 from kvmkit.errors import ConfigError
-from kvmkit.hw.virtio.net import VirtioNet
-from kvmkit.hw.virtio.net.header import parse_mac
 from kvmkit.hw.virtio.pci_transport import VirtioPciTransport
-from kvmkit.net.backend import NetBackend
-from kvmkit.net.rate_limit import RateLimit, parse_rate
-from kvmkit.net.spec import NetdevSpec, open_backend, parse_netdev, wants_vhost
+
+if TYPE_CHECKING:  # the network code is imported only by machines that have NICs
+    from kvmkit.hw.virtio.net import VirtioNet
+    from kvmkit.net.backend import NetBackend
+    from kvmkit.net.rate_limit import RateLimit
+    from kvmkit.net.spec import NetdevSpec
 
 NIC_DRIVERS: tuple[str, ...] = ("virtio-net-pci", "virtio-net")
 NIC_KEYS = {"netdev", "mac", "id", "rate", "pps", "bus", "addr", "mq", "vectors", "romfile"}
@@ -54,6 +55,9 @@ def parse_nic(text: str, index: int, seed: str) -> NicSpec | None:
     driver, _, rest = text.partition(",")
     if driver not in NIC_DRIVERS:
         return None
+    from kvmkit.hw.virtio.net.header import parse_mac
+    from kvmkit.net.rate_limit import RateLimit, parse_rate
+
     fields = parse_keyvals(rest, f"-device {driver}") if rest else {}
     unknown = set(fields) - NIC_KEYS
     if unknown:
@@ -95,6 +99,12 @@ def add_network_devices(machine: Any) -> list[Nic]:
         netdev, device = expand_nic_shorthand(text, index)
         netdev_texts.append(netdev)
         device_texts.append(device)
+    if not netdev_texts and not any(text.partition(",")[0] in NIC_DRIVERS for text in device_texts):
+        machine.nics = []
+        return machine.nics
+    from kvmkit.hw.virtio.net import VirtioNet
+    from kvmkit.net.spec import open_backend, parse_netdev, wants_vhost
+
     specs: dict[str, NetdevSpec] = {}
     for text in netdev_texts:
         spec = parse_netdev(text)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmkit.accel.kvm.boot_state import apply_boot_state, reset_vcpu
 from kvmkit.accel.kvm.coalesced import CoalescedWrites
@@ -20,16 +22,16 @@ from kvmkit.accel.kvm.kvm import Kvm
 from kvmkit.accel.kvm.vcpu import KvmVcpu
 from kvmkit.accel.kvm.vm import KvmVm
 from kvmkit.boot import BootCpuState, BzImage, load_linux
+from kvmkit.boot.kernel_cache import cached_vmlinux
 from kvmkit.core.bql import Bql
 from kvmkit.core.cpus import CpuSet
 from kvmkit.core.main_loop import MainLoop
 from kvmkit.core.runstate import RunState
 from kvmkit.core.worker_pool import WorkerPool
-from kvmkit.errors import ConfigError
+from kvmkit.errors import BootError, ConfigError
 from kvmkit.hw.pci.bus import PciBus
 from kvmkit.hw.pci.host_bridge import CONFIG_ADDRESS_PORT, CONFIG_PORTS_LENGTH, PciHostBridge
 from kvmkit.hw.pci.intx import IntxRouter
-from kvmkit.hw.virtio.blk import VirtioBlk
 from kvmkit.hw.virtio.pci_transport import VirtioPciTransport
 from kvmkit.machine.board import attach_legacy_devices
 from kvmkit.machine.chardevs import build_machine_chardevs
@@ -43,6 +45,9 @@ from kvmkit.machine.pci_firmware import assign_pci_resources
 from kvmkit.memory.address_space import IoBus
 from kvmkit.memory.dma import DmaSpace
 from kvmkit.memory.guest_memory import GuestMemory
+
+if TYPE_CHECKING:
+    from kvmkit.hw.virtio.blk import VirtioBlk
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,8 @@ class PcMachine:
             if device.split(",")[0] not in (*KNOWN_DEVICE_DRIVERS, *NIC_DRIVERS):
                 raise ConfigError(f"-device {device.split(',')[0]!r}: unknown device driver "
                                   f"(kvmkit has {', '.join(KNOWN_DEVICE_DRIVERS[:1])})")
-        BzImage.parse(config.kernel)  # a bad -kernel is reported before any KVM resource exists
+        self._bzimage = BzImage.parse(config.kernel)  # a bad -kernel is reported before any KVM resource exists
+        self._vmlinux: Path | bool | None = None  # the cached vmlinux to boot, False for the bzImage
         if config.initrd is not None and not os.access(config.initrd, os.R_OK):
             raise ConfigError(f"-initrd: {config.initrd}: cannot be read")
         self.config = config
@@ -112,7 +118,8 @@ class PcMachine:
         below_4g = self.memory.layout.below_4g_end
         self.legacy = attach_legacy_devices(
             self.pio, self.chardevs.serial_backends, self.irq_line, self.request_reset,
-            memory_below_4g=below_4g, memory_above_4g=config.memory - below_4g, cpus=config.cpus)
+            memory_below_4g=below_4g, memory_above_4g=config.memory - below_4g, cpus=config.cpus,
+            schedule=self.loop.call_later)
         self.pci = PciBus(self.pio, self.mmio, IntxRouter(self.irq_line))
         self.pio.register(CONFIG_ADDRESS_PORT, CONFIG_PORTS_LENGTH, PciHostBridge(self.pci), "pci-conf")
         self.block_devices: list[tuple[str, VirtioBlk, object]] = []
@@ -139,6 +146,10 @@ class PcMachine:
         return self._irq_lines[gsi]
 
     def _add_block_devices(self) -> None:
+        if not self._drives:
+            return
+        from kvmkit.hw.virtio.blk import VirtioBlk  # imported only for machines with disks
+
         msi = KvmMsiSink(self.vm)
         for index, drive in enumerate(self._drives):
             name = drive.device_id or drive.spec.id
@@ -150,9 +161,24 @@ class PcMachine:
             self.block_devices.append((drive.spec.id, blk, drive))
 
     def _load_guest(self) -> BootCpuState:
+        """Load the kernel (the cached vmlinux when there is one, see boot/kernel_cache.py), initrd, zero page."""
         ranges = [(region.gpa, region.size) for region in self.memory.regions]
-        return load_linux(self.dma, ranges, Path(self.config.kernel),  # type: ignore[arg-type]
-                          self.config.initrd, self.config.append, self.config.cpus)
+        image = self._bzimage
+        if self._vmlinux is None and self.config.kernel_cache:  # decided once; resets reload the same file
+            cached = cached_vmlinux(image)
+            self._vmlinux = cached.path if cached is not None else False
+        elif self._vmlinux is None:
+            log.info("kernel: kernel-cache=off; the guest decompresses the bzImage")
+            self._vmlinux = False
+        load = partial(load_linux, self.dma, ranges, image.path, self.config.initrd, self.config.append,
+                       self.config.cpus, image=image)
+        if self._vmlinux:
+            try:
+                return load(vmlinux=self._vmlinux)
+            except BootError as exc:
+                log.info("kernel: cannot boot the vmlinux (%s); the guest decompresses the bzImage", exc)
+                self._vmlinux = False
+        return load()
 
     def _reset_cpus(self) -> None:
         reset_irqchip(self.vm, ioapic_id=self.config.cpus)
@@ -179,6 +205,8 @@ class PcMachine:
     def shutdown_threads(self) -> None:
         self.cpus.stop_all(timeout=2.0)
         self.pool.shutdown(wait=False)
+        with self.bql:
+            self.legacy.flush_output()
         self.chardevs.close()
 
     # -- machine events (called with the BQL held, from any thread) ----------------------------------------

@@ -158,7 +158,7 @@ def test_coalesced_writes_are_replayed_in_order_before_the_exit_is_handled():
 
 
 def test_coalesced_replay_stops_at_an_out_of_range_index():
-    dispatcher, pio, _ = make_dispatcher([])
+    _dispatcher, pio, _ = make_dispatcher([])
     port = RecordingDevice()
     pio.register(0xCF8, 4, port, "address")
     coalesced = FakeCoalesced()
@@ -179,7 +179,7 @@ def test_string_pio_in_fills_every_element():
 
 def test_pio_data_outside_the_kvm_run_page_is_fatal_not_a_crash():
     events: list = []
-    dispatcher, pio, _ = make_dispatcher(events)
+    dispatcher, _pio, _ = make_dispatcher(events)
     vcpu = FakeVcpu()
     pio_exit(vcpu, 0x60, 4, 2000, out=False)  # 8000 bytes from offset 512: beyond the page
     assert dispatcher(vcpu) is False

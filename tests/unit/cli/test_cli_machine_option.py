@@ -1,0 +1,21 @@
+"""`-machine pc,kernel-cache=on|off`."""
+
+import pytest
+
+from kvmkit.cli.run_options import parse_run_options
+from kvmkit.errors import ConfigError
+
+
+def test_kernel_cache_is_on_by_default():
+    assert parse_run_options([]).kernel_cache is True
+
+
+@pytest.mark.parametrize("value, expected", [("off", False), ("on", True), ("no", False), ("OFF", False)])
+def test_kernel_cache_switch(value, expected):
+    assert parse_run_options(["-machine", f"pc,kernel-cache={value}"]).kernel_cache is expected
+    assert parse_run_options(["-M", f"kernel-cache={value}"]).kernel_cache is expected
+
+
+def test_kernel_cache_takes_on_or_off():
+    with pytest.raises(ConfigError, match="kernel-cache"):
+        parse_run_options(["-machine", "pc,kernel-cache=maybe"])
