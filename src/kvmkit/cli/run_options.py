@@ -76,17 +76,25 @@ def _existing_file(option: str) -> Callable[[str], Path]:
 ON_OFF = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
 
 
+MACHINE_SWITCHES = {"kernel-cache": "kernel_cache", "auto-kernel-cmdline": "auto_kernel_cmdline"}
+
+
 def _machine(config: MachineConfig, value: str) -> None:
     fields = parse_keyvals(value, "-machine", implied="type")
-    kind = fields.get("type", "pc")
+    kind = fields.pop("type", "pc")
     if kind not in ("pc", "q35", "microvm"):
         raise ConfigError(f"-machine: unsupported machine type {kind!r} (kvmkit provides 'pc')")
     config.machine_type = "pc"
-    if "kernel-cache" in fields:
-        setting = ON_OFF.get(fields["kernel-cache"].lower())
-        if setting is None:
-            raise ConfigError(f"-machine: kernel-cache takes on or off, not {fields['kernel-cache']!r}")
-        config.kernel_cache = setting
+    if "accel" in fields:
+        _accel(config, fields.pop("accel"))
+    for key, setting in fields.items():
+        if key not in MACHINE_SWITCHES:
+            known = ", ".join(["accel", *MACHINE_SWITCHES])
+            raise ConfigError(f"-machine: unknown property {key!r} (kvmkit's pc machine has {known})")
+        flag = ON_OFF.get(setting.lower())
+        if flag is None:
+            raise ConfigError(f"-machine: {key} takes on or off, not {setting!r}")
+        setattr(config, MACHINE_SWITCHES[key], flag)
 
 
 def _accel(config: MachineConfig, value: str) -> None:
@@ -145,7 +153,7 @@ OPTIONS: dict[str, Option] = {
     "-S": Option(False, _flag("start_paused"), "start with the CPUs stopped (prelaunch)"),
     "-D": Option(True, _set("log_file", Path), "write the log to this file"),
     "-d": Option(True, lambda c, v: c.log_items.extend(v.split(",")), "log items (e.g. guest_errors,exits)"),
-    "-machine": Option(True, _machine, "machine type (pc)[,kernel-cache=on|off]"),
+    "-machine": Option(True, _machine, "machine type (pc)[,kernel-cache=on|off][,auto-kernel-cmdline=on|off]"),
     "-M": Option(True, _machine, "same as -machine"),
     "-accel": Option(True, _accel, "only kvm"),
     "-enable-kvm": Option(False, _ignored, "accepted; kvmkit always uses KVM"),

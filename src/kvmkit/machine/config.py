@@ -34,4 +34,6 @@ class MachineConfig:
     log_items: list[str] = field(default_factory=list)
     machine_type: str = "pc"
     kernel_cache: bool = True
+    auto_kernel_cmdline: bool = True
+    """Append kernel parameters that describe the machine (see machine/kernel_cmdline.py); -machine option."""
     """Boot the bzImage's vmlinux from kvmkit's kernel cache (no in-guest decompression); -machine kernel-cache."""

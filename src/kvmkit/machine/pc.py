@@ -39,6 +39,7 @@ from kvmkit.machine.config import MachineConfig
 from kvmkit.machine.drives import open_drives
 from kvmkit.machine.exits import ExitDispatcher
 from kvmkit.machine.irq import KvmIrqLine, pc_gsi_routes
+from kvmkit.machine.kernel_cmdline import machine_kernel_cmdline
 from kvmkit.machine.legacy_rom import map_legacy_rom_area
 from kvmkit.machine.nics import NIC_DRIVERS, add_network_devices
 from kvmkit.machine.pci_firmware import assign_pci_resources
@@ -170,7 +171,10 @@ class PcMachine:
         elif self._vmlinux is None:
             log.info("kernel: kernel-cache=off; the guest decompresses the bzImage")
             self._vmlinux = False
-        load = partial(load_linux, self.dma, ranges, image.path, self.config.initrd, self.config.append,
+        cmdline = self.config.append
+        if self.config.auto_kernel_cmdline:
+            cmdline = machine_kernel_cmdline(cmdline)
+        load = partial(load_linux, self.dma, ranges, image.path, self.config.initrd, cmdline,
                        self.config.cpus, image=image)
         if self._vmlinux:
             try:

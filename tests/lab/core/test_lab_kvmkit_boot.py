@@ -9,7 +9,8 @@ from harness.guest_run import kvmkit_command, run_guest
 
 pytestmark = pytest.mark.lab
 
-REPORT = "echo nproc=$(nproc); echo cmdline=$(cat /proc/cmdline); grep -c ^processor /proc/cpuinfo"
+REPORT = ("echo nproc=$(nproc); echo cmdline=$(cat /proc/cmdline); grep -c ^processor /proc/cpuinfo; "
+          "dmesg | grep -c 'AGP: No AGP bridge found' | sed 's/^/agp-probes=/'")
 
 
 @pytest.mark.parametrize("cpus", [2, 4])
@@ -20,6 +21,8 @@ def test_generic_kernel_boots_with_every_cpu_brought_up(generic_guest, cpus):
     assert f"nproc={cpus}" in run.lines()
     cmdline = next(line for line in run.lines() if line.startswith("cmdline="))
     assert "console=ttyS0" in cmdline and "kvmkit.test=smp" in cmdline
+    assert cmdline.endswith(" pci=noearly")  # the machine's own parameter (auto-kernel-cmdline)
+    assert "agp-probes=0" in run.lines()  # ... so Linux skipped its 16K-access probe of every PCI bus
 
 
 def test_cloud_kernel_boots_on_one_cpu_and_reports_a_failing_script(cloud_guest):

@@ -19,3 +19,16 @@ def test_kernel_cache_switch(value, expected):
 def test_kernel_cache_takes_on_or_off():
     with pytest.raises(ConfigError, match="kernel-cache"):
         parse_run_options(["-machine", "pc,kernel-cache=maybe"])
+
+
+def test_auto_kernel_cmdline_switch():
+    assert parse_run_options([]).auto_kernel_cmdline is True
+    config = parse_run_options(["-machine", "pc,accel=kvm,auto-kernel-cmdline=off,kernel-cache=off"])
+    assert (config.auto_kernel_cmdline, config.kernel_cache) == (False, False)
+
+
+def test_unknown_machine_properties_are_named():
+    with pytest.raises(ConfigError, match="unknown property 'usb'"):
+        parse_run_options(["-machine", "pc,usb=off"])
+    with pytest.raises(ConfigError, match="kvm"):
+        parse_run_options(["-machine", "pc,accel=tcg"])
