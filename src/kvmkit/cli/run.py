@@ -61,9 +61,9 @@ def main(argv: list[str]) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
     machine = PcMachine(config)
     signals.machine = machine
-    hub = attach_monitors(machine, config)
+    monitors = attach_monitors(machine, config)
     try:
         return machine.run()
     finally:
-        if hub is not None:
-            hub.close()
+        if monitors is not None:
+            monitors.close()

@@ -1,20 +1,26 @@
-"""The machine as the monitor sees it (MachineControl), and the monitors a MachineConfig asks for."""
+"""The machine as the monitor sees it (MachineControl), and the monitors a MachineConfig asks for.
+
+The monitor code (asyncio, the QMP schema, the command set) is imported only when a monitor is built: QMP and
+`-monitor` sockets are built at start-up, but the human monitor behind a `-nographic` console's Ctrl-A c is built
+the first time the user switches to it (importing it costs seconds of start-up in a nested lab).
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmkit.core.runstate import RunState
 from kvmkit.machine.config import MachineConfig
 from kvmkit.machine.pc import PcMachine
 from kvmkit.monitor.errors import QmpError
-from kvmkit.monitor.hmp import PROMPT, HmpFrontend
-from kvmkit.monitor.hub import MonitorHub
-from kvmkit.monitor.registry import CommandRegistry
-from kvmkit.net.monitor import register_net_commands
+
+if TYPE_CHECKING:
+    from kvmkit.monitor.hmp import HmpFrontend
+    from kvmkit.monitor.hub import MonitorHub
+    from kvmkit.monitor.registry import CommandRegistry
 
 
 class PcMachineControl:
@@ -145,41 +151,81 @@ class PcMachineControl:
 
 def register_pc_commands(commands: CommandRegistry, machine: Any) -> None:
     """The commands the pc machine adds to the monitor's own (the QMP reference documents the same set)."""
+    from kvmkit.net.monitor import register_net_commands
+
     register_net_commands(commands, machine)
 
 
-def attach_monitors(machine: PcMachine, config: MachineConfig) -> MonitorHub | None:
-    """Start the QMP/HMP listeners the config asks for and route machine events to them."""
-    hmp_on_mux = bool(machine.chardevs.monitor_muxes)
-    if not config.qmp and not config.monitors and not hmp_on_mux:
-        return None
-    hub = MonitorHub(PcMachineControl(machine), machine.bql)
-    machine.event_sink = hub.events.emit
-    register_pc_commands(hub.commands, machine)
-    for spec in config.qmp:
-        hub.add_qmp(spec)
-    for spec in config.monitors:
-        if spec == "stdio":
-            continue
-        hub.add_hmp(spec)
-    for mux in machine.chardevs.monitor_muxes:
-        port = mux.add_port("monitor0")
-        frontend = hub.hmp_frontend(port.write)
-        port.attach(frontend)
-        port.on_focus = _greet_on_focus(frontend)
-    return hub
+class MachineMonitors:
+    """The machine's monitor hub, built on demand (at most once); `close()` ends it if it was built."""
+
+    def __init__(self, machine: PcMachine) -> None:
+        self.machine = machine
+        self.hub: MonitorHub | None = None
+
+    def build(self) -> MonitorHub:
+        if self.hub is None:
+            from kvmkit.monitor.hub import MonitorHub
+
+            hub = MonitorHub(PcMachineControl(self.machine), self.machine.bql)
+            self.machine.event_sink = hub.events.emit
+            register_pc_commands(hub.commands, self.machine)
+            self.hub = hub
+        return self.hub
+
+    def close(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
 
 
-def _greet_on_focus(frontend: HmpFrontend) -> Callable[[], None]:
-    """Ctrl-A c into the monitor: the banner and a prompt the first time, a fresh prompt afterwards."""
-    greeted = False
+class DeferredHmpFrontend:
+    """The monitor side of a `-nographic` mux: the real HMP frontend is built at the first Ctrl-A c."""
 
-    def on_focus() -> None:
-        nonlocal greeted
-        if greeted:
+    def __init__(self, build: Callable[[], HmpFrontend]) -> None:
+        self._build = build
+        self._frontend: HmpFrontend | None = None
+        self._greeted = False
+
+    @property
+    def frontend(self) -> HmpFrontend:
+        if self._frontend is None:
+            self._frontend = self._build()
+        return self._frontend
+
+    def can_receive(self) -> int:
+        return self.frontend.can_receive()
+
+    def receive(self, data: bytes) -> None:
+        self.frontend.receive(data)
+
+    def on_focus(self) -> None:
+        """Ctrl-A c into the monitor: the banner and a prompt the first time, a fresh prompt afterwards."""
+        from kvmkit.monitor.hmp import PROMPT
+
+        frontend = self.frontend
+        if self._greeted:
             frontend.write(b"\r\n" + PROMPT.encode())
         else:
-            greeted = True
+            self._greeted = True
             frontend.open()
 
-    return on_focus
+
+def attach_monitors(machine: PcMachine, config: MachineConfig) -> MachineMonitors | None:
+    """Start the QMP/HMP listeners the config asks for and route machine events to them."""
+    muxes = machine.chardevs.monitor_muxes
+    if not config.qmp and not config.monitors and not muxes:
+        return None
+    monitors = MachineMonitors(machine)
+    if config.qmp or [spec for spec in config.monitors if spec != "stdio"]:
+        hub = monitors.build()
+        for spec in config.qmp:
+            hub.add_qmp(spec)
+        for spec in config.monitors:
+            if spec != "stdio":
+                hub.add_hmp(spec)
+    for mux in muxes:
+        port = mux.add_port("monitor0")
+        deferred = DeferredHmpFrontend(lambda write=port.write: monitors.build().hmp_frontend(write))
+        port.attach(deferred)
+        port.on_focus = deferred.on_focus
+    return monitors
