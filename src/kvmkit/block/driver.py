@@ -6,6 +6,7 @@ Calls are synchronous, thread-safe and re-entrant: a worker pool may issue many 
 from __future__ import annotations
 
 import abc
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,14 +30,27 @@ class ImageInfo:
     format_specific: dict[str, Any] = field(default_factory=dict)
 
 
+_nbytes = operator.attrgetter("nbytes")
+
+
 def buffers_length(bufs: Sequence[Buffer]) -> int:
     """Total byte count of a scatter/gather list."""
-    return sum(memoryview(b).nbytes for b in bufs)
+    try:
+        return sum(map(_nbytes, bufs))  # memoryviews (guest RAM): C speed
+    except AttributeError:
+        return sum(memoryview(b).nbytes for b in bufs)
 
 
 def flat_views(bufs: Sequence[Buffer]) -> list[memoryview]:
     """Byte-format, one-dimensional views of each buffer (no copy)."""
-    return [memoryview(b).cast("B") if memoryview(b).format != "B" else memoryview(b) for b in bufs]
+    out: list[memoryview] = []
+    for b in bufs:
+        if type(b) is memoryview and b.format == "B" and b.ndim == 1:
+            out.append(b)  # the common case: a slice of guest RAM
+            continue
+        v = memoryview(b)
+        out.append(v if v.format == "B" and v.ndim == 1 else v.cast("B"))
+    return out
 
 
 def slice_buffers(views: Sequence[memoryview], start: int, length: int) -> list[memoryview]:

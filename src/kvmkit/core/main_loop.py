@@ -89,10 +89,11 @@ class MainLoop:
         """Dispatch events until stop() is called."""
         self._thread = threading.get_ident()
         self._stopping = False
+        bql = getattr(self.bql, "lock", self.bql)  # the raw RLock: no Python frame per iteration
         try:
             while not self._stopping:
                 ready = self._selector.select(self._timeout())
-                with self.bql:
+                with bql:
                     registered = self._selector.get_map()
                     for key, _events in ready:
                         if registered.get(key.fd) is key:  # not removed by an earlier callback

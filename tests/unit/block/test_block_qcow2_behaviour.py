@@ -196,3 +196,31 @@ def test_writable_raw_guess_is_refused(tmp_path):
         open_image(path)
     with open_image(path, read_only=True) as image:
         assert image.info().format == "raw"
+
+
+@needs_qemu
+def test_fragmented_clusters_read_and_rewrite_through_scattered_buffers(tmp_path):
+    """Guest-contiguous clusters stored backwards on the host: reads and in-place rewrites split per host run."""
+    cluster = 4096
+    path = str(tmp_path / "frag.qcow2")
+    create_image(path, "qcow2", 16 * cluster, options={"cluster_size": cluster})
+    reference = bytearray(16 * cluster)
+    with open_image(path) as image:
+        for index in (5, 4, 3, 2, 8, 7):  # allocated in this order: host clusters run backwards
+            data = bytes([index]) * cluster
+            image.pwrite(index * cluster, [bytearray(data)])
+            reference[index * cluster : (index + 1) * cluster] = data
+        ram = bytearray(7 * cluster)
+        views = [memoryview(ram)[: 3 * cluster + 100], memoryview(ram)[3 * cluster + 100 : 6 * cluster - 7],
+                 memoryview(ram)[6 * cluster - 7 :]]
+        image.pread(2 * cluster, views)
+        assert ram == reference[2 * cluster : 9 * cluster]
+        image.pread(2 * cluster, views)  # again, with every L2 table cached
+        assert ram == reference[2 * cluster : 9 * cluster]
+        new = os.urandom(5 * cluster - 300)
+        image.pwrite(2 * cluster + 150, [memoryview(bytearray(new))[:1000], memoryview(bytearray(new))[1000:]])
+        reference[2 * cluster + 150 : 2 * cluster + 150 + len(new)] = new
+        back = bytearray(16 * cluster)
+        image.pread(0, [back])
+        assert back == reference
+    assert qemu_check_clean(path)

@@ -8,6 +8,7 @@ import pytest
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image
+from kvmkit.block.protocols.file import FileProtocol
 from kvmkit.errors import ImageError
 
 
@@ -62,3 +63,16 @@ def test_raw_read_past_end_is_refused(tmp_path):
     create_image(path, "raw", 1000)
     with open_image(path, "raw") as image, pytest.raises(ImageError, match="outside the disk"):
         image.pread(990, [bytearray(20)])
+
+
+def test_file_read_past_end_of_file_reads_zeroes(tmp_path):
+    path = tmp_path / "short.img"
+    path.write_bytes(b"\x11" * 1000)
+    file = FileProtocol(str(path))
+    try:
+        first, second = bytearray(b"\xff" * 600), bytearray(b"\xff" * 600)
+        file.read_at(500, [memoryview(first), memoryview(second)])
+        assert first == b"\x11" * 500 + bytes(100)
+        assert second == bytes(600)
+    finally:
+        file.close()

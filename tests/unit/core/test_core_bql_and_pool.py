@@ -118,3 +118,26 @@ def test_shutdown_waits_for_running_tasks(bql: Bql) -> None:
     workers.submit(lambda: (time.sleep(0.05), finished.append(True)), needs_bql=False)
     workers.shutdown(wait=True)
     assert finished == [True]
+
+
+def test_submit_nowait_runs_without_bql_and_survives_a_failing_task(bql: Bql, pool: WorkerPool) -> None:
+    seen: list[bool] = []
+    done = threading.Event()
+    pool.submit_nowait(lambda: 1 / 0)
+    pool.submit_nowait(lambda: (seen.append(bql.held_by_current_thread()), done.set()))
+    assert done.wait(5)
+    assert seen == [False]
+
+
+def test_shutdown_without_wait_cancels_queued_tasks(bql: Bql) -> None:
+    workers = WorkerPool(bql, max_workers=1)
+    gate, started = threading.Event(), threading.Event()
+    running = workers.submit(lambda: (started.set(), gate.wait(5))[1], needs_bql=False)
+    assert started.wait(5)
+    queued = workers.submit(lambda: "never", needs_bql=False)
+    workers.shutdown(wait=False)
+    gate.set()
+    assert running.result(timeout=5) is True
+    assert queued.cancelled()
+    with pytest.raises(RuntimeError):
+        workers.submit(lambda: None)

@@ -76,6 +76,32 @@ def write_before_read(q: DriverQueue, m) -> None:
     q.publish(0)
 
 
+def indirect_write_before_read(q: DriverQueue, m) -> None:
+    table = m.allocator.alloc(32)
+    buf = m.allocator.alloc(8)
+    q.write_desc(table, 0, buf, 8, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1)
+    q.write_desc(table, 1, buf, 8, 0, 0)
+    q.write_desc(q.desc, 0, table, 32, VIRTQ_DESC_F_INDIRECT, 0)
+    q.publish(0)
+
+
+def indirect_buffer_outside_ram(q: DriverQueue, m) -> None:
+    table = m.allocator.alloc(32)
+    q.write_desc(table, 0, m.allocator.alloc(8), 8, VIRTQ_DESC_F_NEXT, 1)
+    q.write_desc(table, 1, RAM_END - 4, 8, VIRTQ_DESC_F_WRITE, 0)
+    q.write_desc(q.desc, 0, table, 32, VIRTQ_DESC_F_INDIRECT, 0)
+    q.publish(0)
+
+
+def indirect_next_beyond_table(q: DriverQueue, m) -> None:
+    table = m.allocator.alloc(32)
+    buf = m.allocator.alloc(8)
+    q.write_desc(table, 0, buf, 8, VIRTQ_DESC_F_NEXT, 2)
+    q.write_desc(table, 1, buf, 8, 0, 0)
+    q.write_desc(q.desc, 0, table, 32, VIRTQ_DESC_F_INDIRECT, 0)
+    q.publish(0)
+
+
 MALFORMATIONS = [
     loop,
     long_chain,
@@ -88,6 +114,9 @@ MALFORMATIONS = [
     indirect_bad_length,
     indirect_loop,
     write_before_read,
+    indirect_write_before_read,
+    indirect_buffer_outside_ram,
+    indirect_next_beyond_table,
 ]
 
 

@@ -124,3 +124,45 @@ def test_notify_write_before_driver_ok_is_ignored():
     queue = drv.setup_queue(0)
     queue.post([b"a"], [1])
     assert queue.used_idx() == 0
+
+
+def test_indirect_chain_with_many_buffers_keeps_order_and_split():
+    m, dev, _, drv = plug_echo()
+    queue = drv.initialize()[0]
+    dev.handle_queue = lambda index: None
+    outs = [bytes([i]) * (i + 1) for i in range(5)]
+    _, dests = queue.post(outs, [3, 4, 1], indirect=True)
+    elem = dev.queues[0].pop()
+    assert [bytes(v) for v in elem.out_bufs] == outs
+    assert [v.nbytes for v in elem.in_bufs] == [3, 4, 1]
+    elem.in_bufs[1][:] = b"abcd"
+    assert m.dma.read(dests[1], 4) == b"abcd"
+
+
+def test_pop_all_pops_every_chain_and_publishes_avail_event_once():
+    _, dev, _, drv = plug_echo()
+    queue = drv.initialize()[0]
+    dev.handle_queue = lambda index: None
+    heads = [queue.post([b"x"], [1], kick=False)[0] for _ in range(3)]
+    popped = dev.queues[0].pop_all([])
+    assert [e.head for e in popped] == heads
+    assert queue.avail_event() == 3
+    assert dev.queues[0].pop_all([]) == []
+
+
+def test_contiguous_descriptors_become_one_view_per_direction():
+    m, dev, _, drv = plug_echo()
+    queue = drv.initialize()[0]
+    dev.handle_queue = lambda index: None
+    base = m.allocator.alloc(64)
+    q = queue
+    q.write_desc(q.desc, 0, base, 16, 1, 1)  # readable [base, +16)
+    q.write_desc(q.desc, 1, base + 16, 16, 1, 2)  # readable, contiguous: merged
+    q.write_desc(q.desc, 2, base + 32, 16, 3, 3)  # writable, contiguous but other direction: new view
+    q.write_desc(q.desc, 3, base + 48, 16, 2, 0)  # writable, contiguous: merged
+    q.publish(0, kick=False)
+    elem = dev.queues[0].pop()
+    assert [v.nbytes for v in elem.out_bufs] == [32]
+    assert [v.nbytes for v in elem.in_bufs] == [32]
+    elem.in_bufs[0][:] = b"w" * 32
+    assert m.dma.read(base + 32, 32) == b"w" * 32

@@ -24,12 +24,16 @@ class RawFormat(BlockDriver):
         return self._size
 
     def pread(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        self.check_request(offset, buffers_length(bufs), "read")
-        self.file.read_at(offset, bufs)
+        length = buffers_length(bufs)
+        if offset < 0 or offset + length > self._size:
+            self.check_request(offset, length, "read")
+        self.file.read_at(offset, bufs, length)
 
     def pwrite(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        self.check_request(offset, buffers_length(bufs), "write", write=True)
-        self.file.write_at(offset, bufs)
+        length = buffers_length(bufs)
+        if offset < 0 or offset + length > self._size or self.read_only:
+            self.check_request(offset, length, "write", write=True)
+        self.file.write_at(offset, bufs, length)
 
     def flush(self) -> None:
         self.file.flush()

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from kvmkit.block.driver import BlockDriver, Buffer, ImageInfo, buffers_length, flat_views
+from kvmkit.block.driver import BlockDriver, Buffer, ImageInfo, buffers_length, fill_zero, flat_views
 from kvmkit.errors import HostError, ImageError
 
 CACHE_MODES = ("writeback", "none", "writethrough", "unsafe")
@@ -134,16 +134,33 @@ class FileProtocol(BlockDriver):
         """Bytes the file occupies on the host filesystem."""
         return os.fstat(self.fd).st_blocks * 512
 
-    def read_at(self, offset: int, bufs: Sequence[Buffer]) -> None:
+    def read_at(self, offset: int, bufs: Sequence[Buffer], length: int | None = None) -> None:
+        """Fill `bufs` from `offset` (`length`: their total, when the caller already knows it)."""
+        if not self.direct and 0 < len(bufs) <= _IOV_MAX:  # the usual case: one preadv into the caller's buffers
+            got = os.preadv(self.fd, bufs, offset)
+            if got == (buffers_length(bufs) if length is None else length):
+                return
+            if got == 0:
+                fill_zero(flat_views(bufs))  # end of file: the rest reads as zeroes
+                return
+            self._preadv_full(offset + got, _advance(flat_views(bufs), got))
+            return
         views = flat_views(bufs)
         if self.direct and not self._aligned(offset, views):
             self._bounce_read(offset, views)
             return
         self._preadv_full(offset, views)
 
-    def write_at(self, offset: int, bufs: Sequence[Buffer]) -> None:
+    def write_at(self, offset: int, bufs: Sequence[Buffer], length: int | None = None) -> None:
+        """Write `bufs` at `offset` (`length`: their total, when the caller already knows it)."""
         if self.read_only:
             raise ImageError(f"{self.path}: write refused, the image is open read-only")
+        if not self.direct and 0 < len(bufs) <= _IOV_MAX:  # the usual case: one pwritev from the caller's buffers
+            done = os.pwritev(self.fd, bufs, offset)
+            if done == (buffers_length(bufs) if length is None else length):
+                return
+            self._pwritev_full(offset + done, _advance(flat_views(bufs), done))
+            return
         views = flat_views(bufs)
         if self.direct and not self._aligned(offset, views):
             self._bounce_write(offset, views)

@@ -8,6 +8,7 @@ told whenever a vector's address, data or mask changes.
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable
 
 from kvmkit.errors import KvmkitError
@@ -48,6 +49,7 @@ class MsixTableEntry(ctypes.LittleEndianStructure):
 
 
 ENTRY_SIZE = ctypes.sizeof(MsixTableEntry)
+_unpack_entry = struct.Struct("<IIII").unpack_from
 CONTROL_OFFSET = MsixCapabilityLayout.message_control.offset
 
 VectorListener = Callable[[int, int, int, bool], None]  # (vector, address, data, masked)
@@ -135,13 +137,14 @@ class Msix:
 
     def notify(self, vector: int) -> bool:
         """Signal `vector`; pends it while masked. False when MSI-X is off or the vector is invalid."""
-        if not self.enabled or not 0 <= vector < self.vectors:
+        control = self.device.config.get_bytes(self.cap_offset + CONTROL_OFFSET, 2)  # read once (hot path)
+        if not control & MSIX_CONTROL_ENABLE or not 0 <= vector < self.vectors:
             return False
-        if self.vector_masked(vector):
+        address_lo, address_hi, data, vector_control = _unpack_entry(self._table, ENTRY_SIZE * vector)
+        if vector_control & VECTOR_CONTROL_MASKED or control & MSIX_CONTROL_FUNCTION_MASK:
             self._pending[vector // 8] |= 1 << (vector % 8)
             return True
-        address, data = self.message(vector)
-        self.sink.send_msi(address, data)
+        self.sink.send_msi((address_hi << 32) | address_lo, data)
         return True
 
     def _deliver_unmasked_pending(self) -> None:

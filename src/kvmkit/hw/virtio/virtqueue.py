@@ -7,7 +7,9 @@ malformed ring raises `VirtqueueError`, which the transport turns into DEVICE_NE
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
+import struct
+import threading
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kvmkit.errors import GuestError
@@ -27,6 +29,8 @@ class VirtqueueError(GuestError):
 
 class DmaLike(Protocol):
     """The part of kvmkit.memory.dma.DmaSpace the virtqueue uses."""
+
+    def view(self, addr: int, length: int) -> memoryview: ...
 
     def views(self, addr: int, length: int) -> list[memoryview]: ...
 
@@ -72,6 +76,16 @@ FLAGS_OFFSET = VirtqRingHeader.flags.offset
 AVAIL_ENTRY_SIZE = 2
 USED_ELEM_SIZE = ctypes.sizeof(VirtqUsedElem)
 
+# Hot-path codecs: rings are parsed with struct on cached memoryviews, never through ctypes objects.
+_U16 = struct.Struct("<H")
+_DESC = struct.Struct("<QIHH")
+_USED_ELEM = struct.Struct("<II")
+_unpack_u16 = _U16.unpack_from
+_pack_u16 = _U16.pack_into
+_unpack_desc = _DESC.unpack_from
+_iter_desc = _DESC.iter_unpack
+_pack_used = _USED_ELEM.pack_into
+
 
 @dataclass(frozen=True)
 class SplitRingLayout:
@@ -108,13 +122,20 @@ class SplitRingLayout:
         return self.avail_event_offset + 2
 
 
-@dataclass
 class VirtqueueElement:
     """A popped descriptor chain: guest buffers as zero-copy views, device-readable then device-writable."""
 
-    head: int
-    out_bufs: list[memoryview] = field(default_factory=list)
-    in_bufs: list[memoryview] = field(default_factory=list)
+    __slots__ = ("head", "in_bufs", "out_bufs")
+
+    def __init__(
+        self, head: int, out_bufs: list[memoryview] | None = None, in_bufs: list[memoryview] | None = None
+    ) -> None:
+        self.head = head
+        self.out_bufs: list[memoryview] = [] if out_bufs is None else out_bufs
+        self.in_bufs: list[memoryview] = [] if in_bufs is None else in_bufs
+
+    def __repr__(self) -> str:
+        return f"VirtqueueElement(head={self.head}, out={len(self.out_bufs)} bufs, in={len(self.in_bufs)} bufs)"
 
     @property
     def out_len(self) -> int:
@@ -144,7 +165,12 @@ def split_buffers(bufs: list[memoryview], count: int) -> tuple[list[memoryview],
 
 
 class Virtqueue:
-    """Device side of one split virtqueue; the transport fills in size, addresses and `ready`."""
+    """Device side of one split virtqueue; the transport fills in size, addresses and `ready`.
+
+    The three ring areas are validated when the driver enables the queue and then accessed through cached
+    memoryviews (like QEMU's cached vring regions); descriptors are decoded with `struct`, indirect tables are
+    snapshot in one `iter_unpack`, so a hostile driver rewriting them mid-walk cannot change what was checked.
+    """
 
     def __init__(self, index: int, max_size: int, dma: DmaLike) -> None:
         if not 1 <= max_size <= MAX_QUEUE_SIZE:
@@ -154,6 +180,7 @@ class Virtqueue:
         self.dma = dma
         self.event_idx = False
         self.indirect = False
+        self._barrier = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
@@ -169,6 +196,8 @@ class Virtqueue:
         self._signalled_used = 0
         self._signalled_valid = False
         self.in_flight = 0
+        self._rings: tuple[memoryview, memoryview, memoryview] | None = None
+        self._windows: tuple[tuple[int, int, memoryview], ...] | None = None
 
     @property
     def layout(self) -> SplitRingLayout:
@@ -188,6 +217,40 @@ class Virtqueue:
                     f"virtqueue {self.index}: {name} at {addr:#x} is not {align}-byte aligned"
                 )
             self._views(addr, length, name)
+        self._rings = None
+        self._map_rings()
+
+    def _map_rings(self) -> tuple[memoryview, memoryview, memoryview]:
+        """Views of the descriptor table, available ring and used ring (each must lie in one RAM region)."""
+        layout = self.layout
+        self._windows = self._ram_windows()
+        self._rings = (
+            self._area(self.desc_addr, layout.desc_table_bytes, "descriptor table"),
+            self._area(self.driver_addr, layout.avail_bytes, "available ring"),
+            self._area(self.device_addr, layout.used_bytes, "used ring"),
+        )
+        return self._rings
+
+    def _ram_windows(self) -> tuple[tuple[int, int, memoryview], ...] | None:
+        """(gpa, end, view) of every RAM region, biggest first, when DMA maps guest RAM one to one (no IOMMU):
+        buffers are then sliced from them inline. None: every buffer goes through `dma.view`."""
+        memory = getattr(self.dma, "memory", None)
+        if getattr(self.dma, "iommu", True) is not None or memory is None:
+            return None
+        try:
+            regions = [(region.gpa, region.end, region.view) for region in memory.regions]
+        except AttributeError:
+            return None
+        return tuple(sorted(regions, key=lambda r: r[0] - r[1]))
+
+    def _area(self, addr: int, length: int, what: str) -> memoryview:
+        try:
+            return self.dma.view(addr, length)
+        except GuestError:
+            pieces = self._views(addr, length, what)  # VirtqueueError when outside RAM
+            raise VirtqueueError(
+                f"virtqueue {self.index}: {what} [{addr:#x}, +{length:#x}) spans {len(pieces)} RAM regions"
+            ) from None
 
     def _views(self, addr: int, length: int, what: str) -> list[memoryview]:
         try:
@@ -197,31 +260,16 @@ class Virtqueue:
                 f"virtqueue {self.index}: {what} [{addr:#x}, +{length:#x}) is outside guest RAM"
             ) from err
 
-    def _ld16(self, addr: int, what: str) -> int:
-        try:
-            return self.dma.ld16_le(addr)
-        except GuestError as err:
-            raise VirtqueueError(f"virtqueue {self.index}: cannot read {what} at {addr:#x}") from err
-
-    def _st16(self, addr: int, value: int, what: str) -> None:
-        try:
-            self.dma.st16_le(addr, value & 0xFFFF)
-        except GuestError as err:
-            raise VirtqueueError(f"virtqueue {self.index}: cannot write {what} at {addr:#x}") from err
-
-    def _read_desc(self, table: int, index: int) -> VirtqDesc:
-        addr = table + DESC_SIZE * index
-        try:
-            return VirtqDesc.from_buffer_copy(self.dma.read(addr, DESC_SIZE))
-        except GuestError as err:
-            raise VirtqueueError(
-                f"virtqueue {self.index}: descriptor {index} at {addr:#x} unreadable"
-            ) from err
+    def _memory_barrier(self) -> None:
+        """A full fence (a locked instruction) between publishing an event index and re-reading the ring."""
+        self._barrier.acquire()
+        self._barrier.release()
 
     # driver -> device ----------------------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        return self._ld16(self.driver_addr + IDX_OFFSET, "avail idx")
+        rings = self._rings or self._map_rings()
+        return _unpack_u16(rings[1], IDX_OFFSET)[0]
 
     def pending(self) -> int:
         """Chains the driver made available that we have not popped yet (validated)."""
@@ -240,8 +288,8 @@ class Virtqueue:
             if self.event_idx:
                 self._publish_avail_event()
             return None
-        slot = self.last_avail_idx % self.size
-        head = self._ld16(self.driver_addr + HEADER_SIZE + AVAIL_ENTRY_SIZE * slot, "avail ring entry")
+        rings = self._rings or self._map_rings()
+        head = _unpack_u16(rings[1], HEADER_SIZE + AVAIL_ENTRY_SIZE * (self.last_avail_idx % self.size))[0]
         if head >= self.size:
             raise VirtqueueError(f"virtqueue {self.index}: available head {head} >= queue size {self.size}")
         element = self._walk_chain(head)
@@ -251,13 +299,60 @@ class Virtqueue:
             self._publish_avail_event()
         return element
 
+    def pop_all(self, into: list[VirtqueueElement]) -> list[VirtqueueElement]:
+        """Append every available chain to `into` (and return it), publishing avail_event once at the end.
+
+        With EVENT_IDX the ring is re-read after avail_event is published, so a chain the driver added meanwhile
+        is either popped here or announced by a kick. On a malformed chain VirtqueueError is raised and `into`
+        holds the chains popped before it.
+        """
+        if not self.ready:
+            return into
+        rings = self._rings or self._map_rings()
+        avail, size, walk = rings[1], self.size, self._walk_chain
+        last = self.last_avail_idx
+        while True:
+            count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
+            if not count:
+                if not self.event_idx:
+                    return into
+                _pack_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * size, last)
+                self._memory_barrier()
+                count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
+                if not count:
+                    return into
+            if count > size:
+                raise VirtqueueError(
+                    f"virtqueue {self.index}: avail idx moved {count} entries ahead, more than size {size}"
+                )
+            for _ in range(count):
+                head = _unpack_u16(avail, HEADER_SIZE + AVAIL_ENTRY_SIZE * (last % size))[0]
+                if head >= size:
+                    raise VirtqueueError(f"virtqueue {self.index}: available head {head} >= queue size {size}")
+                into.append(walk(head))
+                last = (last + 1) & 0xFFFF
+                self.last_avail_idx = last
+                self.in_flight += 1
+
     def _publish_avail_event(self) -> None:
-        self._st16(self.device_addr + self.layout.avail_event_offset, self.last_avail_idx, "avail_event")
+        rings = self._rings or self._map_rings()
+        _pack_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * self.size, self.last_avail_idx)
 
     def _walk_chain(self, head: int) -> VirtqueueElement:
-        element = VirtqueueElement(head)
-        table, table_size = self.desc_addr, self.size
-        index, visited, indirect = head, 0, False
+        out_bufs: list[memoryview] = []
+        in_bufs: list[memoryview] = []
+        rings = self._rings or self._map_rings()
+        table = rings[0]
+        descs: list[tuple[int, int, int, int]] | None = None
+        table_size = self.size
+        dma_view = self.dma.view
+        windows = self._windows or ()
+        # the pending buffer, [run_start, run_end) in `run_ram` (RAM from run_gpa to run_limit), is sliced and
+        # appended to `run_bufs` only once the next descriptor turns out not to continue it
+        run_bufs: list[memoryview] | None = None
+        run_ram = table
+        run_gpa = run_limit = run_start = run_end = -1
+        index, visited = head, 0
         seen_writable = False
         while True:
             visited += 1
@@ -266,65 +361,102 @@ class Virtqueue:
                     f"virtqueue {self.index}: chain at head {head} is longer than {table_size} "
                     "descriptors (a loop?)"
                 )
-            desc = self._read_desc(table, index)
-            if desc.flags & VIRTQ_DESC_F_INDIRECT:
-                table, table_size = self._enter_indirect(desc, indirect, head)
-                index, visited, indirect = 0, 0, True
+            if descs is None:
+                addr, length, flags, nxt = _unpack_desc(table, DESC_SIZE * index)
+            else:
+                addr, length, flags, nxt = descs[index]
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                descs = self._indirect_table(addr, length, flags, descs is not None, head)
+                table_size, index, visited = len(descs), 0, 0
                 continue
-            if desc.flags & VIRTQ_DESC_F_WRITE:
+            if flags & VIRTQ_DESC_F_WRITE:
                 seen_writable = True
-                element.in_bufs.extend(self._views(desc.addr, desc.len, f"buffer of descriptor {index}"))
+                bufs = in_bufs
             else:
                 if seen_writable:
                     raise VirtqueueError(
                         f"virtqueue {self.index}: read-only descriptor {index} after a write-only one"
                     )
-                element.out_bufs.extend(self._views(desc.addr, desc.len, f"buffer of descriptor {index}"))
-            if not desc.flags & VIRTQ_DESC_F_NEXT:
-                return element
-            if desc.next >= table_size:
+                bufs = out_bufs
+            if length:
+                if addr == run_end and bufs is run_bufs and addr + length <= run_limit:
+                    run_end = addr + length  # contiguous with the pending buffer: grows it (sliced once, later)
+                else:
+                    if run_bufs is not None:
+                        run_bufs.append(run_ram[run_start - run_gpa : run_end - run_gpa])
+                        run_bufs = None
+                    for gpa, end, ram in windows:
+                        if gpa <= addr and addr + length <= end:
+                            run_bufs, run_ram, run_gpa, run_limit = bufs, ram, gpa, end
+                            run_start, run_end = addr, addr + length
+                            break
+                    else:
+                        try:
+                            bufs.append(dma_view(addr, length))
+                        except GuestError:  # spans RAM regions (fine) or leaves RAM (VirtqueueError)
+                            bufs.extend(self._views(addr, length, f"buffer of descriptor {index}"))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                if run_bufs is not None:
+                    run_bufs.append(run_ram[run_start - run_gpa : run_end - run_gpa])
+                return VirtqueueElement(head, out_bufs, in_bufs)
+            if nxt >= table_size:
                 raise VirtqueueError(
-                    f"virtqueue {self.index}: descriptor {index} links to {desc.next}, "
-                    f"beyond table size {table_size}"
+                    f"virtqueue {self.index}: descriptor {index} links to {nxt}, beyond table size {table_size}"
                 )
-            index = desc.next
+            index = nxt
 
-    def _enter_indirect(self, desc: VirtqDesc, already_indirect: bool, head: int) -> tuple[int, int]:
+    def _indirect_table(
+        self, addr: int, length: int, flags: int, already_indirect: bool, head: int
+    ) -> list[tuple[int, int, int, int]]:
+        """Check an indirect descriptor and snapshot its table as (addr, len, flags, next) tuples."""
         where = f"virtqueue {self.index}: chain at head {head}"
         if not self.indirect:
             raise VirtqueueError(f"{where}: indirect descriptor but VIRTIO_F_INDIRECT_DESC not negotiated")
         if already_indirect:
             raise VirtqueueError(f"{where}: indirect descriptor inside an indirect table")
-        if desc.flags & VIRTQ_DESC_F_NEXT:
+        if flags & VIRTQ_DESC_F_NEXT:
             raise VirtqueueError(f"{where}: indirect descriptor with NEXT set")
-        if desc.len == 0 or desc.len % DESC_SIZE:
-            raise VirtqueueError(f"{where}: indirect table length {desc.len} is not a multiple of 16")
-        count = desc.len // DESC_SIZE
+        if length == 0 or length % DESC_SIZE:
+            raise VirtqueueError(f"{where}: indirect table length {length} is not a multiple of 16")
+        count = length // DESC_SIZE
         if count > MAX_INDIRECT_DESCRIPTORS:
             raise VirtqueueError(
                 f"{where}: indirect table of {count} entries exceeds {MAX_INDIRECT_DESCRIPTORS}"
             )
-        self._views(desc.addr, desc.len, "indirect table")
-        return desc.addr, count
+        try:
+            raw: memoryview | bytes = self.dma.view(addr, length)
+        except GuestError:
+            raw = b"".join(self._views(addr, length, "indirect table"))
+        return list(_iter_desc(raw))
 
     # device -> driver ----------------------------------------------------------------------------
 
     def fill(self, element: VirtqueueElement, written_len: int) -> None:
         """Write a used entry without publishing it (batch several, then `flush`)."""
-        slot = self.used_idx % self.size
-        entry = VirtqUsedElem(element.head, written_len & 0xFFFFFFFF)
-        addr = self.device_addr + HEADER_SIZE + USED_ELEM_SIZE * slot
-        try:
-            self.dma.write(addr, bytes(entry))
-        except GuestError as err:
-            raise VirtqueueError(f"virtqueue {self.index}: used ring entry at {addr:#x} unwritable") from err
-        self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self.in_flight = max(0, self.in_flight - 1)
+        rings = self._rings or self._map_rings()
+        used_idx = self.used_idx
+        _pack_used(
+            rings[2], HEADER_SIZE + USED_ELEM_SIZE * (used_idx % self.size), element.head, written_len & 0xFFFFFFFF
+        )
+        self.used_idx = (used_idx + 1) & 0xFFFF
+        if self.in_flight:
+            self.in_flight -= 1
+
+    def fill_many(self, completed: list[tuple[int, int]]) -> None:
+        """`fill` for a batch of (head, written_len) pairs."""
+        used = (self._rings or self._map_rings())[2]
+        used_idx, size = self.used_idx, self.size
+        for head, written in completed:
+            _pack_used(used, HEADER_SIZE + USED_ELEM_SIZE * (used_idx % size), head, written & 0xFFFFFFFF)
+            used_idx = (used_idx + 1) & 0xFFFF
+        self.used_idx = used_idx
+        self.in_flight = max(0, self.in_flight - len(completed))
 
     def flush(self) -> None:
         """Publish every filled used entry to the driver (one idx update)."""
         if self._published_used_idx != self.used_idx:
-            self._st16(self.device_addr + IDX_OFFSET, self.used_idx, "used idx")
+            rings = self._rings or self._map_rings()
+            _pack_u16(rings[2], IDX_OFFSET, self.used_idx)
             self._published_used_idx = self.used_idx
 
     def push(self, element: VirtqueueElement, written_len: int) -> None:
@@ -334,14 +466,16 @@ class Virtqueue:
 
     def notify_needed(self) -> bool:
         """Whether the driver wants an interrupt for what was published since the last one."""
+        rings = self._rings or self._map_rings()
         if not self.event_idx:
-            flags = self._ld16(self.driver_addr + FLAGS_OFFSET, "avail flags")
-            return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
+            self._memory_barrier()
+            return not _unpack_u16(rings[1], FLAGS_OFFSET)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
         new, old, valid = self._published_used_idx, self._signalled_used, self._signalled_valid
         self._signalled_used, self._signalled_valid = new, True
         if not valid:
             return True
-        used_event = self._ld16(self.driver_addr + self.layout.used_event_offset, "used_event")
+        self._memory_barrier()
+        used_event = _unpack_u16(rings[1], HEADER_SIZE + AVAIL_ENTRY_SIZE * self.size)[0]
         return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
 
     def set_notification(self, enabled: bool) -> None:
@@ -350,8 +484,8 @@ class Virtqueue:
             if enabled:
                 self._publish_avail_event()
             return
-        flags = 0 if enabled else VIRTQ_USED_F_NO_NOTIFY
-        self._st16(self.device_addr + FLAGS_OFFSET, flags, "used flags")
+        rings = self._rings or self._map_rings()
+        _pack_u16(rings[2], FLAGS_OFFSET, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
 
     # migration -----------------------------------------------------------------------------------
 
@@ -374,3 +508,4 @@ class Virtqueue:
             setattr(self, name, state[name])
         self._published_used_idx = self.used_idx
         self._signalled_valid = False
+        self._rings = None

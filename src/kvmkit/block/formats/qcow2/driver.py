@@ -18,6 +18,7 @@ from kvmkit.block.driver import (
     BlockDriver,
     Buffer,
     ImageInfo,
+    buffers_length,
     fill_zero,
     flat_views,
     slice_buffers,
@@ -28,6 +29,9 @@ from kvmkit.block.formats.qcow2.cluster_map import (
     L1E_OFFSET_MASK,
     L1E_RESERVED_MASK,
     L2E_OFFSET_MASK,
+    OFLAG_COMPRESSED,
+    OFLAG_COPIED,
+    OFLAG_ZERO,
     Geometry,
     Kind,
     Piece,
@@ -52,6 +56,8 @@ BackingOpener = Callable[[str, str | None], BlockDriver]
 PlanItem = tuple[int, int, Piece]  # (guest offset, length, piece it falls in)
 _L2_CACHE_TABLES = 64
 _STATUS_CLUSTERS = 4096
+_unpack_entry = struct.Struct(">Q").unpack_from
+_NOT_PLAIN_DATA = OFLAG_COMPRESSED | OFLAG_ZERO  # entries the fast path leaves to the general one
 
 
 class Qcow2Driver(ClusterAllocation, BlockDriver):
@@ -88,6 +94,7 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
             lazy=bool(h.compatible_features & COMPATIBLE_LAZY_REFCOUNTS),
         )
         self._metadata = self._collect_metadata(file_size)
+        self._file_clusters = -(-file_size // self.cluster_size)  # refreshed by _check_host_range; files only grow
         if self.header.backing_file and open_backing is not None:
             self.backing = open_backing(self.header.backing_file, self.header.backing_format)
         if h.incompatible_features & Incompatible.DIRTY and not self.read_only:
@@ -161,20 +168,46 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
         return int(self.header.fields.size)
 
     def pread(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        views = flat_views(bufs)
-        length = sum(v.nbytes for v in views)
-        self.check_request(offset, length, "read")
-        with self._request():
-            with self._lock:
-                plan = self._plan(offset, length)
-            self._execute_read(offset, views, plan)
+        length = buffers_length(bufs)
+        if offset < 0 or offset + length > self.header.fields.size:
+            self.check_request(offset, length, "read")
+        lock = self._lock
+        with lock:
+            self._inflight += 1
+        try:
+            with lock:
+                runs = self._data_runs(offset, length)
+                plan = self._plan(offset, length) if runs is None else None
+            if runs is not None and len(runs) == 1:
+                self.file.read_at(runs[0][0], bufs, length)  # one host run: straight into the caller's buffers
+                return
+            views = flat_views(bufs)
+            if runs is None:
+                self._execute_read(offset, views, plan)  # type: ignore[arg-type]
+            else:
+                read_at = self.file.read_at
+                for host, start, n in runs:
+                    read_at(host, slice_buffers(views, start, n))
+        finally:
+            with lock:
+                self._inflight -= 1
+                if not self._inflight:
+                    self.refcounts.release_quarantine()
 
     def pwrite(self, offset: int, bufs: Sequence[Buffer]) -> None:
-        views = flat_views(bufs)
-        length = sum(v.nbytes for v in views)
-        self.check_request(offset, length, "write", write=True)
-        with self._request():
-            self._write(offset, views, length)
+        length = buffers_length(bufs)
+        if offset < 0 or offset + length > self.header.fields.size or self.read_only:
+            self.check_request(offset, length, "write", write=True)
+        lock = self._lock
+        with lock:
+            self._inflight += 1
+        try:
+            self._write(offset, bufs, length)
+        finally:
+            with lock:
+                self._inflight -= 1
+                if not self._inflight:
+                    self.refcounts.release_quarantine()
 
     def flush(self) -> None:
         if self.read_only:
@@ -331,7 +364,7 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
 
     def _check_host_range(self, cluster: int, host: int, length: int) -> None:
         first, last = host // self.cluster_size, (host + length - 1) // self.cluster_size
-        file_clusters = -(-self.file.size // self.cluster_size)
+        file_clusters = self._file_clusters = -(-self.file.size // self.cluster_size)
         if host == 0 or first >= file_clusters:
             raise ImageError(f"{self.path}: guest cluster {cluster} maps to host offset {host:#x}, "
                              f"outside the image file")
@@ -361,6 +394,45 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
                     plan.append((lo, hi - lo, piece))
             pos = base + cs
         return plan
+
+    def _data_runs(self, offset: int, length: int, *, owned: bool = False) -> list[list[int]] | None:
+        """Host runs [host, offset in request, length] when every cluster is plain data whose L2 table is cached
+        (`owned`: also COPIED, so it can be written in place); None sends the caller to the general path, which
+        loads tables and reports bad entries. Metadata lock held."""
+        if self.geometry.extended_l2:
+            return None
+        bits = self.geometry.cluster_bits
+        cs = self.cluster_size
+        per_l2 = cs >> 3
+        l1, tables = self.l1, self.l2_cache
+        metadata, file_clusters = self._metadata, self._file_clusters
+        runs: list[list[int]] = []
+        last: list[int] | None = None
+        pos, end = offset, offset + length
+        while pos < end:
+            cluster = pos >> bits
+            l1_index = cluster // per_l2
+            if l1_index >= len(l1):
+                return None
+            table = tables.get(l1[l1_index] & L1E_OFFSET_MASK)
+            if table is None:
+                return None
+            entry = _unpack_entry(table, (cluster % per_l2) << 3)[0]
+            host = entry & L2E_OFFSET_MASK
+            if entry & _NOT_PLAIN_DATA or not host or host & (cs - 1) or (owned and not entry & OFLAG_COPIED):
+                return None
+            host_cluster = host >> bits
+            if host_cluster >= file_clusters or host_cluster in metadata:
+                return None
+            within = pos & (cs - 1)
+            n = min(cs - within, end - pos)
+            if last is not None and last[0] + last[2] == host + within:
+                last[2] += n
+            else:
+                last = [host + within, pos - offset, n]
+                runs.append(last)
+            pos += n
+        return runs
 
     def _execute_read(self, offset: int, views: Sequence[memoryview], plan: list[PlanItem]) -> None:
         cs = self.cluster_size
@@ -406,10 +478,20 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
 
     # writing --------------------------------------------------------------------------------
 
-    def _write(self, offset: int, views: list[memoryview], length: int) -> None:
+    def _write(self, offset: int, bufs: Sequence[Buffer], length: int) -> None:
         cs = self.cluster_size
         per_l2 = self.geometry.l2_entries
         direct: list[tuple[int, int, int]] = []  # (host, guest, length) for clusters we own
+        with self._lock:
+            runs = self._data_runs(offset, length, owned=True)
+        if runs is not None and len(runs) == 1:  # already ours: no metadata change, write outside the lock
+            self.file.write_at(runs[0][0], bufs, length)
+            return
+        views = flat_views(bufs)
+        if runs is not None:
+            for host, start, n in runs:
+                self.file.write_at(host, slice_buffers(views, start, n))
+            return
         with self._lock:
             pos, end = offset, offset + length
             while pos < end:
