@@ -4,7 +4,8 @@ A NIC frontend (virtio-net) implements `RxSink`: it pops the guest's receive buf
 time and exposes them as memoryviews into guest RAM. A backend, when its host fd is readable, either reads
 frames straight into those views (`direct_iovecs()` then `commit(nbytes)`, zero copy: tap) or hands over
 frames it had to reassemble (`deliver(frame)`: stream sockets), and ends every batch with `complete()`,
-which publishes all the used entries at once and interrupts the guest once. A sink that cannot take more
+which publishes the used entries at once and interrupts the guest once (a sink also publishes on its own
+every few tens of KiB, so the guest starts on large frames early). A sink that cannot take more
 (no buffers posted, rate limit reached, link down) answers `can_receive() == False`: the backend then stops
 polling its fd, so frames wait in the kernel's queue, and `resume_rx()` restarts it. Nothing is dropped.
 

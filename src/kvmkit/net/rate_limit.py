@@ -98,6 +98,7 @@ class RateLimiter:
         self.bytes = TokenBucket(0, 0, clock)
         self.packets = TokenBucket(0, 0, clock)
         self.limit = RateLimit()
+        self.unlimited = True  # a plain attribute: datapaths test it per frame
         self.set_limit(limit or RateLimit())
 
     def set_limit(self, limit: RateLimit) -> None:
@@ -107,10 +108,7 @@ class RateLimiter:
         self.bytes.configure(limit.bytes_per_sec, max(limit.bytes_per_sec * BURST_SECONDS, MIN_BYTE_BURST))
         self.packets.configure(limit.packets_per_sec,
                                max(limit.packets_per_sec * BURST_SECONDS, MIN_PACKET_BURST))
-
-    @property
-    def unlimited(self) -> bool:
-        return self.bytes.unlimited and self.packets.unlimited
+        self.unlimited = self.bytes.unlimited and self.packets.unlimited
 
     def may_take(self) -> bool:
         return self.bytes.may_take() and self.packets.may_take()

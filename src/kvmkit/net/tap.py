@@ -1,7 +1,8 @@
 """TAP backend: `-netdev tap,id=ID,ifname=NAME,script=no,downscript=no[,vhost=on]`, with IFF_VNET_HDR offloads.
 
-Receive reads each frame with one readv straight into the guest's posted buffers (header included) and
-transmit writes each frame with one writev straight out of guest RAM.
+Receive reads each frame with one readv straight into the guest's posted buffers (header included; a
+staging buffer only when too little room is posted for the largest frame) and transmit writes each frame with
+one writev straight out of guest RAM.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from kvmkit.errors import HostError
-from kvmkit.net.backend import VNET_HDR_LEN, Iovec, PollingBackend, RxSink, flatten
+from kvmkit.net.backend import MAX_FRAME, VNET_HDR_LEN, Iovec, PollingBackend, RxSink, flatten
 from kvmkit.net.ifreq import (
     IFF_NO_PI,
     IFF_TAP,
@@ -30,6 +31,7 @@ from kvmkit.net.ifreq import (
 )
 
 RX_BATCH = 64  # frames per readable callback before yielding to the main loop
+RX_BATCH_BYTES = 256 * 1024  # ... or bytes: TX kicks (the guest's ACKs) must not wait behind a long RX batch
 TX_PENDING_LIMIT = 256  # frames copied aside when the tap queue is full, before we push back
 
 
@@ -67,6 +69,9 @@ class TapBackend(PollingBackend):
         self.has_vnet_hdr = vnet_hdr
         self._pending: list[bytes] = []
         self._kernel_owned = False
+        staging = bytearray(VNET_HDR_LEN + MAX_FRAME)
+        self._staging_view = memoryview(staging)
+        self._staging_iov = [staging]
 
     def rx_fd(self) -> int | None:
         return self.fd if self.fd >= 0 and not self._kernel_owned else None
@@ -105,39 +110,48 @@ class TapBackend(PollingBackend):
         super().resume_rx()
 
     def receive_some(self, rx: RxSink) -> None:
+        fd, readv = self.fd, os.readv
+        can_receive, direct_iovecs, commit = rx.can_receive, rx.direct_iovecs, rx.commit
+        budget = RX_BATCH_BYTES
         for _ in range(RX_BATCH):
-            if not rx.can_receive():
+            if budget <= 0 or not can_receive():
                 return
-            iovecs = None if self._held is not None else rx.direct_iovecs()
-            try:
-                if iovecs is not None:
-                    count = os.readv(self.fd, iovecs)
-                    rx.commit(count)
-                    continue
-                if self._held is None:  # staging path: the posted buffers may be too small to read into
-                    self._held = os.read(self.fd, VNET_HDR_LEN + 65550)
-            except BlockingIOError:
+            held = self._held
+            if held is None:
+                iovecs = direct_iovecs()
+                try:
+                    if iovecs is not None:
+                        count = readv(fd, iovecs)  # one frame straight into guest RAM, header included
+                        commit(count)
+                        budget -= count
+                        continue
+                    # staging: the posted buffers may be too small to read the largest frame into
+                    held = self._staging_view[: readv(fd, self._staging_iov)]
+                except BlockingIOError:
+                    return
+                except OSError as error:
+                    if error.errno not in (errno.EAGAIN, errno.EINTR):
+                        self.rx_errors += 1
+                    return
+            if not rx.deliver(held):
+                self._held = bytes(held)  # kept until the guest posts more buffers
                 return
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EINTR):
-                    self.rx_errors += 1
-                return
-            if not rx.deliver(self._held):
-                return  # kept until the guest posts more buffers
             self._held = None
+            budget -= len(held)
 
     def can_send(self) -> bool:
         return len(self._pending) < TX_PENDING_LIMIT
 
     def send_batch(self, frames: Sequence[Iovec]) -> None:
+        fd, writev, pending = self.fd, os.writev, self._pending
         for frame in frames:
-            if self._pending:
-                self._pending.append(flatten(frame))
+            if pending:
+                pending.append(flatten(frame))
                 continue
             try:
-                os.writev(self.fd, frame)
+                writev(fd, frame)
             except BlockingIOError:
-                self._pending.append(flatten(frame))
+                pending.append(flatten(frame))
                 self._watch_writable()
             except OSError:
                 self.tx_errors += 1  # e.g. EINVAL for a vnet header the kernel rejects: the guest's fault

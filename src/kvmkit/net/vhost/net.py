@@ -1,8 +1,9 @@
 """Hand a virtio-net's RX/TX rings to /dev/vhost-net: the kernel then moves frames between guest RAM and the tap.
 
 Kicks reach vhost through the transport's KVM ioeventfds (taken off the main loop while vhost runs); vhost
-signals used buffers on a call eventfd that the main loop turns into the queue's interrupt (MSI-X or INTx,
-honouring masking). The control queue stays in kvmkit.
+signals used buffers on a call eventfd that KVM turns into the queue's MSI-X interrupt by itself (an irqfd on the
+vector's GSI route, see irqfd.py); while the vector is masked or MSI-X is off the main loop reads it instead.
+The control queue stays in kvmkit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kvmkit.hw.virtio.device import (
 )
 from kvmkit.hw.virtio.net.header import VIRTIO_NET_F_MRG_RXBUF
 from kvmkit.net.tap import TapBackend
+from kvmkit.net.vhost.irqfd import GsiRoutes, IrqfdVm, QueueNotifier
 from kvmkit.net.vhost.structs import (
     VHOST_GET_FEATURES,
     VHOST_GET_VRING_BASE,
@@ -53,15 +55,19 @@ RING_FEATURES = (feature_bit(VIRTIO_F_INDIRECT_DESC) | feature_bit(VIRTIO_F_EVEN
 class VhostNet:
     """One /dev/vhost-net instance bound to a device's data queues and a tap."""
 
-    def __init__(self, tap: TapBackend, memory: Any, loop: Any, what: str) -> None:
+    def __init__(self, tap: TapBackend, memory: Any, loop: Any, what: str, vm: IrqfdVm | None = None,
+                 routes: GsiRoutes | None = None) -> None:
         self.what = what
         self.tap = tap
         self.memory = memory
         self.loop = loop
+        self.vm = vm
+        self.routes = routes
         self.fd = os.open(VHOST_NET_DEVICE, os.O_RDWR | os.O_CLOEXEC)
         self.running = False
         self.kick_fds: list[int] = []
         self.call_fds: list[int] = []
+        self.notifiers: list[QueueNotifier] = []
         try:
             self._ioctl(VHOST_SET_OWNER, 0, "VHOST_SET_OWNER")
             features = ctypes.c_uint64()
@@ -119,18 +125,21 @@ class VhostNet:
             self._ioctl(VHOST_SET_VRING_KICK, VhostVringFile(index, kick), "VHOST_SET_VRING_KICK")
             call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self.call_fds.append(call)
-            self.loop.add_reader(call, functools.partial(self._called, device, call, index))
+            notifier = QueueNotifier(call, index, device.transport, self.loop, self.vm, self.routes)
+            self.notifiers.append(notifier)
+            notifier.update()
             self._ioctl(VHOST_SET_VRING_CALL, VhostVringFile(index, call), "VHOST_SET_VRING_CALL")
             self._ioctl(VHOST_NET_SET_BACKEND, VhostVringFile(index, self.tap.fd), "VHOST_NET_SET_BACKEND")
         self.running = True
 
-    def _called(self, device: Any, call: int, index: int) -> None:
-        try:
-            os.eventfd_read(call)
-        except BlockingIOError:
-            return
-        if device.transport is not None:
-            device.transport.queue_interrupt(index)
+    def irqfd_queues(self) -> int:
+        """How many data queues KVM interrupts by irqfd right now (the rest go through the main loop)."""
+        return sum(notifier.bound for notifier in self.notifiers)
+
+    def vector_changed(self, vector: int, address: int, data: int, masked: bool) -> None:
+        """MSI-X listener: a vector's message or mask (or MSI-X enable) changed; rebind the irqfds."""
+        for notifier in self.notifiers:
+            notifier.update()
 
     def stop(self) -> None:
         """Device reset: detach the tap, fetch the ring positions, give the kicks back to the main loop."""
@@ -143,8 +152,10 @@ class VhostNet:
                 self._ioctl(VHOST_GET_VRING_BASE, VhostVringState(index, 0), "VHOST_GET_VRING_BASE")
             except HostError as error:
                 log.warning("%s", error)
+        for notifier in self.notifiers:
+            notifier.stop()
+        self.notifiers.clear()
         for call in self.call_fds:
-            self.loop.remove_reader(call)
             os.close(call)
         self.call_fds.clear()
         self.tap.restart_polling()
@@ -170,8 +181,16 @@ def attach_vhost(device: Any, machine: Any, spec: Any) -> None:
         print(f"kvmkit: {what}: vhost=on but {VHOST_NET_DEVICE} is absent (modprobe vhost_net); "
               "falling back to the userspace virtio-net datapath", flush=True)
         return
+    vm = getattr(machine, "vm", None)
+    routes = None
+    if vm is not None:
+        routes = getattr(machine, "gsi_routes", None)
+        if routes is None:
+            from kvmkit.machine.irq import pc_gsi_routes
+
+            routes = machine.gsi_routes = GsiRoutes(vm, pc_gsi_routes())
     try:
-        device.vhost = VhostNet(device.backend, machine.memory, machine.loop, what)
+        device.vhost = VhostNet(device.backend, machine.memory, machine.loop, what, vm, routes)
     except (OSError, HostError) as error:
         reason = error.strerror if isinstance(error, OSError) else str(error)
         print(f"kvmkit: {what}: vhost=on but vhost-net is unusable ({reason}); "
@@ -183,3 +202,6 @@ def bind_kick_fds(device: Any, transport: Any, kick_fds: list[int]) -> None:
     if device.vhost is not None:
         device.vhost.kick_fds = kick_fds
         device.vhost._transport_kick = transport._eventfd_kicked
+        msix = getattr(transport, "msix", None)
+        if msix is not None:
+            msix.add_vector_listener(device.vhost.vector_changed)

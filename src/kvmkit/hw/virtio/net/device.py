@@ -32,7 +32,7 @@ from kvmkit.hw.virtio.net.header import (
     format_mac,
 )
 from kvmkit.hw.virtio.net.rx import RxPool
-from kvmkit.hw.virtio.virtqueue import DmaLike, VirtqueueError, split_buffers
+from kvmkit.hw.virtio.virtqueue import DmaLike, VirtqueueElement, VirtqueueError, split_buffers
 from kvmkit.net.backend import MAX_FRAME, Iovec, MainLoopLike, NetBackend
 from kvmkit.net.rate_limit import RateLimit, RateLimiter
 
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 RX_QUEUE, TX_QUEUE, CTRL_QUEUE = 0, 1, 2
 QUEUE_SIZE = 256
-TX_BATCH = 64  # frames per send_batch; the queue is re-examined until empty
+TX_BATCH = 64  # frames per send_batch under a rate limit (unlimited, all available chains go in one batch)
+MIN_TX_CHAIN = NET_HDR_LEN + 14  # header + Ethernet header
+MAX_TX_CHAIN = NET_HDR_LEN + MAX_FRAME
 
 
 @dataclass
@@ -146,9 +148,9 @@ class VirtioNet(VirtioDevice):
     # RxSink (called by the backend) ---------------------------------------------------------------
 
     def can_receive(self) -> bool:
-        if not self.active or not self.link_up or not self.rx.posted or self.vhost_running:
+        if not (self.active and self.link_up and self.rx.posted) or (self.vhost is not None and self.vhost.running):
             return False
-        if self.rx_limiter.may_take():
+        if self.rx_limiter.unlimited or self.rx_limiter.may_take():
             return True
         self.rx.counters.throttled += 1
         if self._rx_timer is None:
@@ -163,13 +165,14 @@ class VirtioNet(VirtioDevice):
         return self.rx.direct_iovecs()
 
     def commit(self, nbytes: int) -> None:
-        header = NET_HDR_LEN if self.backend.has_vnet_hdr else 0  # the limit counts frames, as on transmit
-        self.rx_limiter.take(max(nbytes - header, 0))
+        if not self.rx_limiter.unlimited:
+            header = NET_HDR_LEN if self.backend.has_vnet_hdr else 0  # the limit counts frames, as on transmit
+            self.rx_limiter.take(max(nbytes - header, 0))
         self.rx.commit(nbytes)
 
     def deliver(self, frame: bytes | bytearray | memoryview) -> bool:
         accepted = self.rx.deliver(frame)
-        if accepted:
+        if accepted and not self.rx_limiter.unlimited:
             self.rx_limiter.take(len(frame))
         return accepted
 
@@ -213,40 +216,56 @@ class VirtioNet(VirtioDevice):
                 self.fail(str(error))
 
     def _transmit(self) -> None:
+        """Send what the driver queued: a batch per backend call, one used-idx update and at most one interrupt
+        per batch. Unlimited, every available chain is taken at once; a rate limit pops one frame at a time."""
         queue = self.queues[TX_QUEUE]
-        strip = 0 if self.backend.has_vnet_hdr else NET_HDR_LEN
+        backend = self.backend
+        pop, can_send = queue.pop, backend.can_send
+        strip = 0 if backend.has_vnet_hdr else NET_HDR_LEN
+        limiter = None if self.tx_limiter.unlimited else self.tx_limiter
+        counters = self.tx
         while True:
             frames: list[Iovec] = []
-            elements = []
-            while len(frames) < TX_BATCH and self.backend.can_send():
-                if not self.tx_limiter.may_take():
-                    self._hold_tx()
-                    break
-                element = queue.pop()
-                if element is None:
-                    break
-                elements.append(element)
-                length = element.out_len
-                if element.in_bufs or not NET_HDR_LEN + 14 <= length <= NET_HDR_LEN + MAX_FRAME:
-                    self.tx.errors += 1
-                    continue
-                if not self.link_up:
-                    self.tx.dropped += 1
-                    continue
-                self.tx_limiter.take(length - NET_HDR_LEN)
-                frames.append(split_buffers(element.out_bufs, strip)[1] if strip else element.out_bufs)
-                self.tx.packets += 1
-                self.tx.bytes += length - NET_HDR_LEN
-            if frames:
-                self.backend.send_batch(frames)
-            for element in elements:
-                queue.fill(element, 0)
+            elements: list[VirtqueueElement] = []
+            if limiter is None:
+                if can_send():
+                    queue.pop_all(elements)
+            else:
+                while len(elements) < TX_BATCH and can_send():
+                    if not limiter.may_take():
+                        self._hold_tx()
+                        break
+                    element = pop()
+                    if element is None:
+                        break
+                    elements.append(element)
+                    length = sum(map(len, element.out_bufs))
+                    if self.link_up and not element.in_bufs and MIN_TX_CHAIN <= length <= MAX_TX_CHAIN:
+                        limiter.take(length - NET_HDR_LEN)  # only frames that go out count
             if not elements:
                 return
+            link_up = self.link_up
+            shortest, longest = MIN_TX_CHAIN, MAX_TX_CHAIN
+            sent_bytes = 0
+            for element in elements:
+                out = element.out_bufs
+                length = sum(map(len, out))
+                if element.in_bufs or not shortest <= length <= longest:
+                    counters.errors += 1
+                elif not link_up:
+                    counters.dropped += 1
+                else:
+                    frames.append(split_buffers(out, strip)[1] if strip else out)
+                    sent_bytes += length
+            counters.packets += len(frames)
+            counters.bytes += sent_bytes - NET_HDR_LEN * len(frames)
+            if frames:
+                backend.send_batch(frames)
+            queue.fill_many([(element.head, 0) for element in elements])
             queue.flush()
             self.notify_queue(TX_QUEUE)
-            if len(elements) < TX_BATCH:
-                return
+            if limiter is None or len(elements) < TX_BATCH:
+                return  # pop_all left avail_event at the end of the ring: the driver kicks for anything new
 
     def _hold_tx(self) -> None:
         self.tx.throttled += 1
@@ -289,6 +308,7 @@ class VirtioNet(VirtioDevice):
         return {
             "name": self.name, "netdev": self.backend.id, "mac": format_mac(self.mac), "link-up": self.link_up,
             "vhost": self.vhost_running,
+            "vhost-irqfd": self.vhost.irqfd_queues() if self.vhost_running else 0,
             "rx": {**asdict(self.rx.counters), "errors": self.backend.rx_errors},
             "tx": {**asdict(self.tx), "errors": self.tx.errors + self.backend.tx_errors},
             "rate": {"bytes-per-sec": self.rx_limiter.limit.bytes_per_sec,
