@@ -47,8 +47,15 @@ def one_run(vmm: str, assets, seconds: int) -> dict[str, float]:  # type: ignore
     rates = iperf_rates(run.output, "BENCH")
     if len(rates) < 3:
         print(f"{vmm}: incomplete run\n{run.output[-2000:]}\n{run.stderr[-2000:]}", flush=True)
-    return {"tcp-tx-mbit": rates.get("tx", 0) / 1e6, "tcp-rx-mbit": rates.get("rx", 0) / 1e6,
-            "udp-64-kpps": rates.get("udp", 0) / (SMALL_PACKET * 8) / 1e3}
+    nan = float("nan")  # a job that reported nothing is missing, not zero: it must not drag a median down
+    return {"tcp-tx-mbit": rates["tx"] / 1e6 if "tx" in rates else nan,
+            "tcp-rx-mbit": rates["rx"] / 1e6 if "rx" in rates else nan,
+            "udp-64-kpps": rates["udp"] / (SMALL_PACKET * 8) / 1e3 if "udp" in rates else nan}
+
+
+def _median(values: list[float]) -> float:
+    measured = [value for value in values if value == value]
+    return statistics.median(measured) if measured else float("nan")
 
 
 def main() -> None:
@@ -63,14 +70,24 @@ def main() -> None:
             for vmm in VMMS:
                 samples[vmm].append(one_run(vmm, assets, args.seconds))
                 print(f"rep {rep} {vmm}: {samples[vmm][-1]}", flush=True)
-    medians = {vmm: {m: statistics.median(s[m] for s in runs) for m in METRICS} for vmm, runs in samples.items()}
-    ratios = {vmm: {m: (medians[vmm][m] / medians["qemu"][m] if medians["qemu"][m] else None) for m in METRICS}
-              for vmm in ("kvmkit", "kvmkit-vhost")}
+    write_results(samples, args.reps, args.seconds)
+
+
+def write_results(samples: dict[str, list[dict[str, float]]], reps: int, seconds: int) -> None:
+    """Medians over the runs that completed, ratios to QEMU, to bench/results/net.json and net.md."""
+    medians = {vmm: {m: _median([s[m] for s in runs]) for m in METRICS} for vmm, runs in samples.items()}
+    complete = {vmm: sum(all(s[m] == s[m] for m in METRICS) for s in runs) for vmm, runs in samples.items()}
+    ratios = {vmm: {m: (medians[vmm][m] / medians["qemu"][m] if medians["qemu"][m] == medians["qemu"][m] else None)
+                    for m in METRICS} for vmm in ("kvmkit", "kvmkit-vhost")}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "net.json").write_text(json.dumps({"reps": args.reps, "seconds": args.seconds, "samples": samples,
-                                                  "medians": medians, "ratios_vs_qemu": ratios}, indent=2) + "\n")
+    samples_json = {vmm: [{m: (v if v == v else None) for m, v in run.items()} for run in runs]
+                    for vmm, runs in samples.items()}  # a missing job is null in JSON
+    (RESULTS / "net.json").write_text(json.dumps({"reps": reps, "seconds": seconds, "samples": samples_json,
+                                                  "complete_runs": complete, "medians": medians,
+                                                  "ratios_vs_qemu": ratios}, indent=2) + "\n")
     lines = ["# Network benchmark (inside the lab: nested KVM under TCG, absolute numbers are low)", "",
-             f"{args.reps} boots per VMM, iperf3 {args.seconds} s per job, medians; ratio = kvmkit / QEMU "
+             f"{reps} boots per VMM, iperf3 {seconds} s per job, medians over the runs that completed "
+             f"({', '.join(f'{vmm} {n}' for vmm, n in complete.items())}); ratio = kvmkit / QEMU "
              "(QEMU userspace virtio-net, vhost=off).", "",
              "| metric | " + " | ".join(VMMS) + " | kvmkit/QEMU | kvmkit-vhost/QEMU |",
              "|---|" + "---|" * (len(VMMS) + 2)]
