@@ -128,11 +128,14 @@ def summarize(runs: dict[str, dict], converts: list[dict], reps: int, runtime: i
     for fmt in DISKS.values():
         for job in JOBS:
             key = "IOPS" if job.startswith("rand") else "MiB/s"
-            ours = median_of(runs["kvmkit"]["results"].get(fmt, {}).get(job, []), key)
-            theirs = median_of(runs["qemu"]["results"].get(fmt, {}).get(job, []), key)
-            ratio = ours / theirs if theirs else 0.0
+            our_runs = runs["kvmkit"]["results"].get(fmt, {}).get(job, [])
+            their_runs = runs["qemu"]["results"].get(fmt, {}).get(job, [])
+            ours, theirs = median_of(our_runs, key), median_of(their_runs, key)
+            ratio = ours / theirs if our_runs and their_runs and theirs else None  # a missing job is not a 0
             rows.append({"format": fmt, "job": job, "unit": key, "kvmkit": round(ours, 1), "qemu": round(theirs, 1),
-                         "ratio": round(ratio, 3), "goal": GOALS[job], "met": ratio >= GOALS[job]})
+                         "runs": [len(our_runs), len(their_runs)],
+                         "ratio": round(ratio, 3) if ratio is not None else None, "goal": GOALS[job],
+                         "met": ratio is not None and ratio >= GOALS[job]})
     return {"reps": reps, "fio_runtime_s": runtime, "where": "inside the kvmkit lab (nested KVM under QEMU TCG)",
             "guest": rows, "convert": converts,
             "boot_seconds": {vmm: round(run["seconds"], 1) for vmm, run in runs.items()}, "raw": runs}
@@ -143,11 +146,16 @@ def markdown(summary: dict) -> str:
              f"Measured {summary['where']}; fio O_DIRECT libaio, {summary['fio_runtime_s']} s per job, "
              f"median of {summary['reps']} runs, {summary.get('image_mib', IMAGE_MIB)} MiB disks. "
              "Absolute numbers are lab numbers (nested, TCG outer layer): compare the ratios.", "",
-             "| format | job | unit | kvmkit | QEMU | ratio | goal |", "|---|---|---|---:|---:|---:|---|"]
+             "| format | job | unit | kvmkit | QEMU | runs (kvmkit, QEMU) | ratio | goal |",
+             "|---|---|---|---:|---:|---|---:|---|"]
     for row in summary["guest"]:
-        mark = "met" if row["met"] else "NOT met"
+        if row["ratio"] is None:
+            ratio, mark = "n/a", "not measured (a guest did not finish this job)"
+        else:
+            ratio, mark = f"{row['ratio']:.2f}", "met" if row["met"] else "NOT met"
+        runs = row.get("runs", [summary["reps"]] * 2)
         lines.append(f"| {row['format']} | {row['job']} | {row['unit']} | {row['kvmkit']} | {row['qemu']} | "
-                     f"{row['ratio']:.2f} | >= {row['goal']:.0%} {mark} |")
+                     f"{runs[0]}, {runs[1]} | {ratio} | >= {row['goal']:.0%} {mark} |")
     lines += ["", "| img convert | MiB | kvmkit s | qemu-img s | speed ratio |", "|---|---:|---:|---:|---:|"]
     for row in summary["convert"]:
         lines.append(f"| {row['convert']} | {row['MiB']} | {row['kvmkit_s']:.2f} | {row['qemu_img_s']:.2f} | "
