@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -51,6 +52,7 @@ class VcpuThread:
         self.request_pending = False  # pause_requested or stop_requested: the one flag the hot loop reads
         self.parked = False
         self.finished = False
+        self.entering = threading.Event()  # set just before the first KVM_RUN (or when the thread ends)
         self.thread = threading.Thread(target=self._main, name=f"vcpu{self.index}", daemon=True)
 
     @property
@@ -66,6 +68,7 @@ class VcpuThread:
         except BaseException as error:
             self._report(error)
         finally:
+            self.entering.set()
             with cpus.condition:
                 self.finished = True
                 self.parked = False
@@ -74,6 +77,7 @@ class VcpuThread:
     def _loop(self, vcpu: RunnableVcpu, bql: Bql, handle_exit: ExitHandler) -> None:
         run = vcpu.run
         lock = bql.lock  # the raw RLock: no Python frame per exit
+        self.entering.set()
         while True:
             if self.request_pending and not self._park():
                 return
@@ -122,10 +126,21 @@ class CpuSet:
         self.condition = threading.Condition(threading.Lock())
         self.threads = [VcpuThread(vcpu, self) for vcpu in vcpus]
 
-    def start(self) -> None:
-        """Start every vCPU thread (a pause requested before start parks them at once)."""
-        for vcpu_thread in self.threads:
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every vCPU thread (a pause requested before start parks them at once).
+
+        The application processors start first and the bootstrap processor only once each of them is about to
+        enter KVM_RUN (as QEMU waits for each vCPU thread to be created): a guest that boots in a fraction of a
+        second must not send its INIT/SIPI to a vCPU whose thread has not reached KVM yet.
+        """
+        for vcpu_thread in self.threads[1:]:
             vcpu_thread.thread.start()
+        deadline = time.monotonic() + timeout
+        for vcpu_thread in self.threads[1:]:
+            if not vcpu_thread.entering.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("vcpu%d: its thread did not start within %.0f s", vcpu_thread.index, timeout)
+        if self.threads:
+            self.threads[0].thread.start()
 
     def pause_all(self) -> None:
         """Return once every vCPU is out of KVM_RUN and parked (or finished).

@@ -204,3 +204,28 @@ def test_stop_all_joins_every_thread(rig: Rig) -> None:
     cpus.start()
     assert cpus.stop_all(timeout=5)
     assert all(not t.thread.is_alive() for t in cpus.threads)
+
+
+def test_application_processors_reach_kvm_run_before_the_bootstrap_processor_starts() -> None:
+    bql = Bql()
+    recorder = Recorder(bql)
+    aps_ready_at_bsp_start: list[bool] = []
+    holder: list[CpuSet] = []
+
+    class OrderedVcpu(FakeVcpu):
+        def run(self) -> int:
+            if self.index == 0 and not aps_ready_at_bsp_start:
+                aps_ready_at_bsp_start.append(all(t.entering.is_set() for t in holder[0].threads[1:]))
+            return super().run()
+
+    vcpus = [OrderedVcpu(i, bql) for i in range(4)]
+    cpus = CpuSet(vcpus, bql, recorder.handle_exit, recorder.on_error)
+    holder.append(cpus)
+    cpus.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not aps_ready_at_bsp_start and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert aps_ready_at_bsp_start == [True]  # the BSP (which sends INIT/SIPI) ran only after every AP got there
+    finally:
+        assert cpus.stop_all(timeout=5)
