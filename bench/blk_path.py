@@ -17,7 +17,6 @@ import os
 import pstats
 import random
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench.block import make_images
 from harness.qtest import QtestMachine, VirtioPciDriver
 from kvmkit.block.open import open_image
 from kvmkit.core.bql import Bql
@@ -218,17 +218,6 @@ class FakeGuest:
         return elapsed / requests * 1e6
 
 
-def make_images(folder: Path) -> dict[str, Path]:
-    raw = folder / "disk.raw"
-    with open(raw, "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(DISK_MIB):
-            f.write(chunk)
-    qcow2 = folder / "disk.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
-    return {"raw": raw, "qcow2": qcow2}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000, help="requests per 4K job (1M jobs: a tenth)")
@@ -239,7 +228,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kvmkit-blk-path-") as tmp:
-        images = make_images(Path(tmp))
+        images = make_images(Path(tmp), DISK_MIB)
         for fmt in args.formats.split(","):
             for job in args.jobs.split(","):
                 count = args.requests if JOBS[job][1] <= 4096 else max(args.requests // 10, 50)

@@ -290,23 +290,22 @@ class VirtioBlk(VirtioDevice):
             raise error
 
     def _submit(self, requests: list[_Request]) -> None:
-        submit = getattr(self.pool, "submit_nowait", None)
+        submit_nowait = getattr(self.pool, "submit_nowait", None)
+        if submit_nowait is None:  # a pool without the fire-and-forget call
+
+            def submit_nowait(fn: Callable[..., Any], batch: list[_Request]) -> None:
+                self.pool.submit(fn, batch, needs_bql=False)  # type: ignore[union-attr]
+
         batch: list[_Request] = []
         size = 0
         for request in requests:
             batch.append(request)
             size += request.length
             if size >= TASK_BYTES:
-                if submit is not None:
-                    submit(self._serve_batch, batch)
-                else:
-                    self.pool.submit(self._serve_batch, batch, needs_bql=False)  # type: ignore[union-attr]
+                submit_nowait(self._serve_batch, batch)
                 batch, size = [], 0
         if batch:
-            if submit is not None:
-                submit(self._serve_batch, batch)
-            else:
-                self.pool.submit(self._serve_batch, batch, needs_bql=False)  # type: ignore[union-attr]
+            submit_nowait(self._serve_batch, batch)
 
     def _parse(self, queue: int, element: VirtqueueElement, generation: int | None = None) -> _Request:
         out_bufs, in_bufs = element.out_bufs, element.in_bufs
