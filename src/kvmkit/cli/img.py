@@ -237,17 +237,19 @@ def copy_image(source: BlockDriver, destination: BlockDriver, *, compress: bool 
     while pos < size:
         may_hold_data, run = source.block_status(pos, size - pos)
         if not may_hold_data and run >= chunk:
-            n = run - run % chunk
-        else:
-            n = min(chunk, size - pos)
-            view = memoryview(buf)[:n]
-            source.pread(pos, [view])
-            if view != zero[:n]:
-                if compress:
-                    destination.write_compressed(pos, bytes(view))
-                else:
-                    destination.pwrite(pos, [view])
-        pos += n
+            pos += run - run % chunk
+        else:  # a data run: copied chunk by chunk (all-zero chunks skipped) without asking again
+            end = min(size, pos + max(run, 1))
+            while pos < end:
+                n = min(chunk, size - pos)
+                view = memoryview(buf)[:n]
+                source.pread(pos, [view])
+                if view != zero[:n]:
+                    if compress:
+                        destination.write_compressed(pos, bytes(view))
+                    else:
+                        destination.pwrite(pos, [view])
+                pos += n
         if progress is not None and int(200 * pos / size) != shown:
             shown = int(200 * pos / size)
             progress.write(f"    ({100 * pos / size:.2f}/100%)\r")

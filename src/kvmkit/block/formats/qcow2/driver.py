@@ -364,7 +364,9 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
 
     def _check_host_range(self, cluster: int, host: int, length: int) -> None:
         first, last = host // self.cluster_size, (host + length - 1) // self.cluster_size
-        file_clusters = self._file_clusters = -(-self.file.size // self.cluster_size)
+        file_clusters = self._file_clusters
+        if first >= file_clusters:  # the file may have grown since the last look (it never shrinks)
+            file_clusters = self._file_clusters = -(-self.file.size // self.cluster_size)
         if host == 0 or first >= file_clusters:
             raise ImageError(f"{self.path}: guest cluster {cluster} maps to host offset {host:#x}, "
                              f"outside the image file")
