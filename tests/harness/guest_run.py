@@ -23,6 +23,7 @@ class GuestRun:
     output: str
     stderr: str
     seconds: float
+    timed_out: bool = False
 
     @property
     def guest_status(self) -> int | None:
@@ -58,8 +59,19 @@ def qemu_command(assets: GuestAssets, script: str, *extra: str, memory: str = "2
 
 
 def run_guest(argv: list[str], timeout: float = 240, cwd: Path | None = None) -> GuestRun:
-    """Run a VMM command line to completion (stdin closed) and capture its output."""
+    """Run a VMM command line to completion (stdin closed) and capture its output.
+
+    A run past `timeout` is killed and returned with `timed_out` set and what it printed so far, so that the
+    test's assertion shows how far the guest got.
+    """
     started = time.monotonic()
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
-    return GuestRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        stderr += f"\n[guest_run: killed after {timeout:.0f} s]\n"
+        return GuestRun(process.returncode, stdout, stderr, time.monotonic() - started, timed_out=True)
+    return GuestRun(process.returncode, stdout, stderr, time.monotonic() - started)
