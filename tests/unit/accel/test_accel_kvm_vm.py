@@ -59,6 +59,21 @@ def test_irqchip_pit_routing_and_irq_line_are_accepted(vm: KvmVm) -> None:
     vm.irq_line(4, False)
 
 
+def test_signal_msi_reports_delivery_or_a_clear_error(kvm: Kvm, vm: KvmVm) -> None:
+    vm.create_irqchip()
+    vcpu = vm.create_vcpu(0)
+    try:
+        assert vm.signal_msi(0xFEE0_0000, 0x30) >= 0  # accepted (delivered, or blocked by the APIC's state)
+    finally:
+        vcpu.close()
+    without_irqchip = kvm.create_vm()
+    try:
+        with pytest.raises(HostError, match="KVM_SIGNAL_MSI address 0xfee00000 data 0x30"):
+            without_irqchip.signal_msi(0xFEE0_0000, 0x30)
+    finally:
+        without_irqchip.close()
+
+
 def test_irqfd_can_be_assigned_and_deassigned(vm: KvmVm) -> None:
     vm.create_irqchip()
     efd = os.eventfd(0)
