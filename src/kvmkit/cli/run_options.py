@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kvmkit.errors import ConfigError
 from kvmkit.machine.config import MAX_CPUS, MIN_MEMORY, MachineConfig
+from kvmkit.memory.layout import RAM_BACKENDS
 
 SIZE_SUFFIXES = {"": 1 << 20, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -77,6 +78,7 @@ ON_OFF = {"on": True, "yes": True, "true": True, "off": False, "no": False, "fal
 
 
 MACHINE_SWITCHES = {"kernel-cache": "kernel_cache", "auto-kernel-cmdline": "auto_kernel_cmdline"}
+MACHINE_CHOICES = {"ram-backend": ("ram_backend", RAM_BACKENDS)}
 
 
 def _machine(config: MachineConfig, value: str) -> None:
@@ -88,8 +90,14 @@ def _machine(config: MachineConfig, value: str) -> None:
     if "accel" in fields:
         _accel(config, fields.pop("accel"))
     for key, setting in fields.items():
+        if key in MACHINE_CHOICES:
+            attribute, choices = MACHINE_CHOICES[key]
+            if setting not in choices:
+                raise ConfigError(f"-machine: {key} takes {' or '.join(choices)}, not {setting!r}")
+            setattr(config, attribute, setting)
+            continue
         if key not in MACHINE_SWITCHES:
-            known = ", ".join(["accel", *MACHINE_SWITCHES])
+            known = ", ".join(["accel", *MACHINE_SWITCHES, *MACHINE_CHOICES])
             raise ConfigError(f"-machine: unknown property {key!r} (kvmkit's pc machine has {known})")
         flag = ON_OFF.get(setting.lower())
         if flag is None:
@@ -153,7 +161,8 @@ OPTIONS: dict[str, Option] = {
     "-S": Option(False, _flag("start_paused"), "start with the CPUs stopped (prelaunch)"),
     "-D": Option(True, _set("log_file", Path), "write the log to this file"),
     "-d": Option(True, lambda c, v: c.log_items.extend(v.split(",")), "log items (e.g. guest_errors,exits)"),
-    "-machine": Option(True, _machine, "machine type (pc)[,kernel-cache=on|off][,auto-kernel-cmdline=on|off]"),
+    "-machine": Option(True, _machine, "machine type (pc)[,kernel-cache=on|off][,auto-kernel-cmdline=on|off]"
+                                     "[,ram-backend=anonymous|memfd]"),
     "-M": Option(True, _machine, "same as -machine"),
     "-accel": Option(True, _accel, "only kvm"),
     "-enable-kvm": Option(False, _ignored, "accepted; kvmkit always uses KVM"),

@@ -35,5 +35,7 @@ class MachineConfig:
     machine_type: str = "pc"
     kernel_cache: bool = True
     auto_kernel_cmdline: bool = True
+    ram_backend: str = "anonymous"
+    """Guest RAM: "anonymous" (huge pages) or "memfd" (shareable); -machine ram-backend."""
     """Append kernel parameters that describe the machine (see machine/kernel_cmdline.py); -machine option."""
     """Boot the bzImage's vmlinux from kvmkit's kernel cache (no in-guest decompression); -machine kernel-cache."""

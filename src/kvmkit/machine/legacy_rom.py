@@ -13,7 +13,7 @@ from kvmkit.memory.layout import HIGH_RAM_START, LOW_RAM_END, RamRange
 
 
 def map_legacy_rom_area(vm: KvmVm, memory: GuestMemory, slot: int) -> RamRegion:
-    """Map the memfd's (otherwise unused) bytes at 640K-1M read-only into the guest; returns the mapping."""
-    area = RamRegion(RamRange(LOW_RAM_END, HIGH_RAM_START - LOW_RAM_END, LOW_RAM_END), memory.fd)
+    """Map the RAM backing's (otherwise unused) bytes at 640K-1M read-only into the guest; returns the region."""
+    area = memory.backing_region(RamRange(LOW_RAM_END, HIGH_RAM_START - LOW_RAM_END, LOW_RAM_END))
     vm.set_user_memory_region(slot, area.gpa, area.size, area.host_address, readonly=True)
     return area

@@ -110,7 +110,7 @@ class PcMachine:
         self.vm.create_irqchip()
         self.vm.set_gsi_routing(pc_gsi_routes())
         self.vm.create_pit2()
-        self.memory = GuestMemory(config.memory)
+        self.memory = GuestMemory(config.memory, backend=config.ram_backend)
         self._legacy_rom = map_legacy_rom_area(self.vm, self.memory, self.memory.map_into(self.vm))
         self.dma = DmaSpace(self.memory)
         self.pio, self.mmio = IoBus.pio(), IoBus.mmio()
@@ -217,6 +217,15 @@ class PcMachine:
     def emit(self, event: str, data: dict | None = None) -> None:
         if self.event_sink is not None:
             self.event_sink(event, data or {})
+
+    def debug_state(self) -> str:
+        """The run state and every virtio queue's indices, for `kill -USR1` (see cli/run.py)."""
+        lines = [f"kvmkit: run state {self.status.value}, pool queue {self.pool.backlog()} tasks"]
+        for device in self.pci.devices():
+            state = getattr(device, "debug_state", None)
+            if state is not None:
+                lines.append(state())
+        return "\n".join(lines)
 
     def request_reset(self, reason: str = "guest-reset") -> None:
         """A guest (or the monitor) asked for a reset; -no-reboot turns it into a shutdown."""

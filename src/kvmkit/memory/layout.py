@@ -19,6 +19,7 @@ LAPIC_BASE = 0xFEE0_0000
 LAPIC_SIZE = 0x1000
 
 MIN_RAM_SIZE = 2 * HIGH_RAM_START
+RAM_BACKENDS = ("anonymous", "memfd")  # what backs guest RAM (see kvmkit.memory.guest_memory)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`-machine pc,kernel-cache=on|off`."""
+"""`-machine pc,kernel-cache=on|off,auto-kernel-cmdline=on|off,ram-backend=anonymous|memfd`."""
 
 import pytest
 
@@ -32,3 +32,10 @@ def test_unknown_machine_properties_are_named():
         parse_run_options(["-machine", "pc,usb=off"])
     with pytest.raises(ConfigError, match="kvm"):
         parse_run_options(["-machine", "pc,accel=tcg"])
+
+
+def test_ram_backend_choice():
+    assert parse_run_options([]).ram_backend == "anonymous"
+    assert parse_run_options(["-machine", "pc,ram-backend=memfd"]).ram_backend == "memfd"
+    with pytest.raises(ConfigError, match="anonymous or memfd"):
+        parse_run_options(["-machine", "pc,ram-backend=file"])

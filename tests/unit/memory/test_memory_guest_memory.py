@@ -1,13 +1,14 @@
-"""Guest RAM backed by one memfd, with zero-copy views."""
+"""Guest RAM in one mapping (anonymous with huge pages, or a memfd), with zero-copy views."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from kvmkit.errors import GuestError
+from kvmkit.errors import ConfigError, GuestError
 from kvmkit.memory.guest_memory import GuestMemory
 from kvmkit.memory.layout import RamLayout, RamRange
 
@@ -25,9 +26,43 @@ def test_regions_follow_the_layout(memory: GuestMemory) -> None:
     assert [(r.gpa, r.size, r.memfd_offset) for r in memory.regions] == [(0, 0xA0000, 0), (MiB, 3 * MiB, MiB)]
 
 
-def test_a_view_aliases_the_memfd_at_its_offset(memory: GuestMemory) -> None:
-    memory.view(MiB + 16, 4)[:] = b"kvmk"
-    assert os.pread(memory.fd, 4, MiB + 16) == b"kvmk"
+def test_a_view_aliases_the_memfd_at_its_offset() -> None:
+    memory = GuestMemory(4 * MiB, backend="memfd")
+    try:
+        memory.view(MiB + 16, 4)[:] = b"kvmk"
+        assert os.pread(memory.fd, 4, MiB + 16) == b"kvmk"
+    finally:
+        memory.close()
+    assert memory.fd == -1
+
+
+def _vm_flags(address: int) -> set[str]:
+    """The VmFlags of the mapping holding `address`, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            inside = start <= address < end
+        elif inside and fields[0] == "VmFlags:":
+            return set(fields[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_anonymous_ram_is_huge_page_aligned_and_advised_for_huge_pages() -> None:
+    memory = GuestMemory(64 * MiB)
+    try:
+        assert memory.fd == -1 and memory.backend == "anonymous"
+        for region in memory.regions:  # host and guest addresses agree modulo 2 MiB: KVM can map huge pages
+            assert (region.host_address - region.gpa) % (2 * MiB) == 0
+        assert "hg" in _vm_flags(memory.regions[1].host_address)
+    finally:
+        memory.close()
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(ConfigError, match="hugetlbfs"):
+        GuestMemory(4 * MiB, backend="hugetlbfs")
 
 
 def test_view_up_to_the_last_byte_of_a_region_is_allowed(memory: GuestMemory) -> None:
