@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,7 +63,8 @@ def run_guest(argv: list[str], timeout: float = 240, cwd: Path | None = None) ->
     """Run a VMM command line to completion (stdin closed) and capture its output.
 
     A run past `timeout` is killed and returned with `timed_out` set and what it printed so far, so that the
-    test's assertion shows how far the guest got.
+    test's assertion shows how far the guest got; kvmkit first gets SIGUSR1, which makes it print its threads'
+    stacks and its virtio queues' state.
     """
     started = time.monotonic()
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -70,6 +72,8 @@ def run_guest(argv: list[str], timeout: float = 240, cwd: Path | None = None) ->
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(3)
         process.kill()
         stdout, stderr = process.communicate()
         stderr += f"\n[guest_run: killed after {timeout:.0f} s]\n"

@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
 
     signals = SignalShutdown()
     signals.install()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack on stderr
     machine = PcMachine(config)
+    # `kill -USR1 PID`: every thread's stack (at once, from C) and then the virtio queues' indices on stderr
+    signal.signal(signal.SIGUSR1, lambda signum, frame: print(machine.debug_state(), file=sys.stderr, flush=True))
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
     signals.machine = machine
     monitors = attach_monitors(machine, config)
     try:

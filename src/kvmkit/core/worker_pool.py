@@ -89,6 +89,10 @@ class WorkerPool:
             else:
                 future.set_result(result)
 
+    def backlog(self) -> int:
+        """Tasks queued and not yet started (approximate)."""
+        return self._tasks.qsize()
+
     def bql_released(self) -> AbstractContextManager[None]:
         """For a task holding the BQL: drop it while the block sleeps or blocks, then retake it."""
         return self.bql.released()

@@ -69,3 +69,17 @@ def test_one_kick_of_small_requests_is_served_as_one_task_with_one_interrupt(tmp
     for i, (_, (data, status)) in enumerate(posted):
         assert m.dma.read(status, 1) == b"\0"
         assert m.dma.read(data, 4096) == path.read_bytes()[i * 4096 : (i + 1) * 4096]
+
+
+def test_debug_state_shows_each_ready_queue_s_indices(tmp_path):
+    path = tmp_path / "disk.raw"
+    path.write_bytes(bytes(1 << 20))
+    m = QtestMachine()
+    blk = VirtioBlk("vda", RawFormat(FileProtocol(str(path))), m.dma, queue_size=32)
+    transport = VirtioPciTransport(blk, m.msi)
+    queue = VirtioPciDriver(m, m.plug(transport)).initialize(msix=True)[0]
+    queue.post([bytes(VirtioBlkRequestHeader(VIRTIO_BLK_T_IN, 0, 0))], [512, 1])
+    queue.wait_used(1)
+    state = transport.debug_state()
+    assert "status 0xf msix on" in state
+    assert "queue 0: size 32 avail.idx 1 last_avail 1 used 1 published 1 in_flight 0" in state

@@ -315,6 +315,23 @@ class VirtioPciTransport(PciDevice):
             return False
         return True
 
+    def debug_state(self) -> str:
+        """One line per queue: the driver's and our ring indices (for `kill -USR1`, when a guest seems stuck)."""
+        lines = [f"virtio {self.name}: status {self.status:#x} msix {'on' if self.msix.enabled else 'off'}"]
+        for queue in self.device.queues:
+            if not queue.ready:
+                continue
+            try:
+                avail = queue.avail_idx()
+            except VirtqueueError as err:
+                avail = f"? ({err})"  # type: ignore[assignment]
+            pending = [v for v in range(self.msix.vectors) if self.msix.is_pending(v)] if self.msix.enabled else []
+            lines.append(f"  queue {queue.index}: size {queue.size} avail.idx {avail} "
+                         f"last_avail {queue.last_avail_idx} used {queue.used_idx} "
+                         f"published {queue.published_used_idx} in_flight {queue.in_flight} "
+                         f"event_idx {queue.event_idx} vector {queue.msix_vector} pending-vectors {pending}")
+        return "\n".join(lines)
+
     # notifications and interrupts --------------------------------------------------------------
 
     def handle_notify(self, index: int) -> None:

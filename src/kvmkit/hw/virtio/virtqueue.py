@@ -267,6 +267,11 @@ class Virtqueue:
 
     # driver -> device ----------------------------------------------------------------------------
 
+    @property
+    def published_used_idx(self) -> int:
+        """The used index the driver can see (`used_idx` counts entries filled but maybe not flushed)."""
+        return self._published_used_idx
+
     def avail_idx(self) -> int:
         rings = self._rings or self._map_rings()
         return _unpack_u16(rings[1], IDX_OFFSET)[0]
