@@ -86,8 +86,8 @@ class GuestAllocator:
 class QtestMachine:
     """RAM + DMA + buses + PCI host bridge; `ram_size` bytes of RAM at guest address 0."""
 
-    def __init__(self, ram_size: int = 16 << 20) -> None:
-        self.memory = GuestMemory(ram_size)
+    def __init__(self, ram_size: int = 16 << 20, ram_backend: str = "anonymous") -> None:
+        self.memory = GuestMemory(ram_size, backend=ram_backend)  # "memfd": shared with a forked "vCPU" process
         self.dma = DmaSpace(self.memory)
         self.pio = IoBus.pio()
         self.mmio = IoBus.mmio()

@@ -81,10 +81,20 @@ _U16 = struct.Struct("<H")
 _DESC = struct.Struct("<QIHH")
 _USED_ELEM = struct.Struct("<II")
 _unpack_u16 = _U16.unpack_from
-_pack_u16 = _U16.pack_into
 _unpack_desc = _DESC.unpack_from
 _iter_desc = _DESC.iter_unpack
-_pack_used = _USED_ELEM.pack_into
+_pack_used = _USED_ELEM.pack_into  # only for used entries the driver cannot read yet (before the idx store)
+
+
+def _store_u16(area: memoryview, offset: int, value: int) -> None:
+    """Store a ring field the driver may read at any moment (used idx, avail_event, used flags) in one 2-byte write.
+
+    Never struct.pack_into here: CPython's packer first zero-fills its target (a memset in s_pack_internal) and then
+    writes the value, so a vCPU polling the used idx could read 0 in between. Linux then took `last_used != idx`
+    for new entries, read a stale slot and stopped with "id N is not a head!" (or completed a live head twice).
+    A native "H" item store is one memcpy of 2 bytes; native order is little-endian on the x86 hosts KVM runs on.
+    """
+    area[offset : offset + 2].cast("H")[0] = value
 
 
 @dataclass(frozen=True)
@@ -321,7 +331,7 @@ class Virtqueue:
             if not count:
                 if not self.event_idx:
                     return into
-                _pack_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * size, last)
+                _store_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * size, last)
                 self._memory_barrier()
                 count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
                 if not count:
@@ -341,7 +351,7 @@ class Virtqueue:
 
     def _publish_avail_event(self) -> None:
         rings = self._rings or self._map_rings()
-        _pack_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * self.size, self.last_avail_idx)
+        _store_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * self.size, self.last_avail_idx)
 
     def _walk_chain(self, head: int) -> VirtqueueElement:
         out_bufs: list[memoryview] = []
@@ -461,7 +471,7 @@ class Virtqueue:
         """Publish every filled used entry to the driver (one idx update)."""
         if self._published_used_idx != self.used_idx:
             rings = self._rings or self._map_rings()
-            _pack_u16(rings[2], IDX_OFFSET, self.used_idx)
+            _store_u16(rings[2], IDX_OFFSET, self.used_idx)
             self._published_used_idx = self.used_idx
 
     def push(self, element: VirtqueueElement, written_len: int) -> None:
@@ -490,7 +500,7 @@ class Virtqueue:
                 self._publish_avail_event()
             return
         rings = self._rings or self._map_rings()
-        _pack_u16(rings[2], FLAGS_OFFSET, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
+        _store_u16(rings[2], FLAGS_OFFSET, 0 if enabled else VIRTQ_USED_F_NO_NOTIFY)
 
     # migration -----------------------------------------------------------------------------------
 
