@@ -79,13 +79,16 @@ class GuestMemory:
         self._closed = False
 
     def _advise_huge_pages(self) -> None:
-        advice = getattr(mmap, "MADV_HUGEPAGE", None)
-        if advice is None:
-            return
-        try:
-            self._mapping.madvise(advice)
-        except OSError as error:  # a kernel without transparent huge pages: small pages work, only slower
-            log.info("guest memory: no transparent huge pages (%s)", error.strerror)
+        """MADV_HUGEPAGE, and MADV_DONTFORK so that a child we spawn (passt) never shares the guest's pages
+        copy-on-write (QEMU does both)."""
+        for name in ("MADV_HUGEPAGE", "MADV_DONTFORK"):
+            advice = getattr(mmap, name, None)
+            if advice is None:
+                continue
+            try:
+                self._mapping.madvise(advice)
+            except OSError as error:  # e.g. no transparent huge pages: small pages work, only slower
+                log.info("guest memory: %s refused (%s)", name, error.strerror)
 
     def backing_region(self, layout_range: RamRange) -> RamRegion:
         """A region over `layout_range`'s bytes of the backing (also the otherwise unused 640K-1M)."""

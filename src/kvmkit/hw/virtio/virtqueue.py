@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -95,6 +96,10 @@ def _store_u16(area: memoryview, offset: int, value: int) -> None:
     A native "H" item store is one memcpy of 2 bytes; native order is little-endian on the x86 hosts KVM runs on.
     """
     area[offset : offset + 2].cast("H")[0] = value
+
+
+if sys.byteorder != "little":  # _store_u16's native store is the ring's little-endian layout only here
+    raise ImportError("kvmkit's virtqueue needs a little-endian host")
 
 
 @dataclass(frozen=True)
