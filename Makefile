@@ -19,12 +19,12 @@ test: setup lint test-host test-lab
 test-host:
 	scripts/pytest-tier $(PYTEST) -q -m "not lab" tests
 
-# Every lab test in one lab boot: boots, SMP, the monitor, and the disk and network guests (~12 min).
 test-lab:
 	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider \
-		-m "lab" tests
+		-m "lab and not extended" tests
 
-# Only the disk and network guests (marked `extended`), for working on those.
+# The disk and network guests (marked `extended`): they pass, but the lab's own kernel can lock up under them
+# (soft lockup of a vCPU thread and kvm-pit in the vhost test), so they do not gate CI yet.
 test-lab-extended:
 	scripts/pytest-tier $(KVMKIT) lab --timeout 2700 -- $(PYTEST) -q --color=no -p no:cacheprovider \
 		-m "lab and extended" tests
