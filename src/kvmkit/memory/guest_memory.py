@@ -79,16 +79,14 @@ class GuestMemory:
         self._closed = False
 
     def _advise_huge_pages(self) -> None:
-        """MADV_HUGEPAGE. (MADV_DONTFORK, as QEMU also sets, was tried and taken out again: the two lab runs with it
-        each ended in a vCPU failure, a 4-vCPU boot hang and a triple fault, not seen without it; not understood.)"""
-        for name in ("MADV_HUGEPAGE",):
-            advice = getattr(mmap, name, None)
-            if advice is None:
-                continue
-            try:
-                self._mapping.madvise(advice)
-            except OSError as error:  # e.g. no transparent huge pages: small pages work, only slower
-                log.info("guest memory: %s refused (%s)", name, error.strerror)
+        """MADV_HUGEPAGE. (Not MADV_DONTFORK, though QEMU sets it: both lab runs with it ended in a vCPU failure.)"""
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is None:
+            return
+        try:
+            self._mapping.madvise(advice)
+        except OSError as error:  # e.g. no transparent huge pages: small pages work, only slower
+            log.info("guest memory: MADV_HUGEPAGE refused (%s)", error.strerror)
 
     def backing_region(self, layout_range: RamRange) -> RamRegion:
         """A region over `layout_range`'s bytes of the backing (also the otherwise unused 640K-1M)."""

@@ -129,6 +129,8 @@ class BlockDriverLike(Protocol):
 class WorkerPoolLike(Protocol):
     def submit(self, fn: Callable[..., Any], *args: Any, needs_bql: bool = True) -> Future[Any]: ...
 
+    def submit_nowait(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
 
 IoErrorHook = Callable[["VirtioBlk", str, str], None]  # (device, operation, reason)
 
@@ -290,12 +292,7 @@ class VirtioBlk(VirtioDevice):
             raise error
 
     def _submit(self, requests: list[_Request]) -> None:
-        submit_nowait = getattr(self.pool, "submit_nowait", None)
-        if submit_nowait is None:  # a pool without the fire-and-forget call
-
-            def submit_nowait(fn: Callable[..., Any], batch: list[_Request]) -> None:
-                self.pool.submit(fn, batch, needs_bql=False)  # type: ignore[union-attr]
-
+        submit_nowait = self.pool.submit_nowait  # type: ignore[union-attr]
         batch: list[_Request] = []
         size = 0
         for request in requests:
@@ -324,9 +321,6 @@ class VirtioBlk(VirtioDevice):
         return _Request(element, queue, kind, sector, data_out, data_in, status_views[-1], generation)
 
     # serving (worker thread, no BQL) -------------------------------------------------------------
-
-    def _serve(self, request: _Request) -> None:
-        self._serve_batch([request])
 
     def _serve_batch(self, requests: list[_Request]) -> None:
         """Serve requests in order, then complete them all at once (one used-idx update, one interrupt)."""
@@ -438,11 +432,6 @@ class VirtioBlk(VirtioDevice):
                 log.exception("virtio-blk %s: on_io_error hook failed", self.name)
 
     # completion (BQL) ----------------------------------------------------------------------------
-
-    def _complete(self, request: _Request, status: int, written: int) -> None:
-        self._finished.append((request, status, written))
-        with self._bql_lock:
-            self._publish_finished()
 
     def _publish_finished(self) -> None:
         """Return every served request to the driver: one used-idx update and one notification per queue."""
