@@ -1,4 +1,4 @@
-"""`kvmkit lab [--smp N] [--mem SIZE] [--timeout S] [--console] -- COMMAND [ARGS...]`."""
+"""`kvmkit lab [--smp N] [--mem SIZE] [--timeout S] [--console] [--append PARAMS] -- COMMAND [ARGS...]`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mem", default="4G", help="lab memory (default 4G)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the lab is killed")
     parser.add_argument("--console", action="store_true", help="also show the lab kernel's console on stderr")
+    parser.add_argument("--append", default="", metavar="PARAMS",
+                        help="extra lab kernel parameters, e.g. 'loglevel=7' to see a soft lockup's stack")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -26,5 +28,5 @@ def main(argv: list[str]) -> int:
     if args.smp < 1:
         parser.error("--smp must be at least 1")
     options = LabOptions(smp=args.smp, mem=args.mem, timeout=args.timeout, show_console=args.console,
-                         workdir=Path.cwd())
+                         kernel_append=args.append, workdir=Path.cwd())
     return run_in_lab(command, options)

@@ -36,6 +36,7 @@ class LabOptions:
     mem: str = "4G"
     timeout: float = 3600.0
     show_console: bool = False
+    kernel_append: str = ""  # extra lab kernel parameters (later ones win, e.g. loglevel=7)
     workdir: Path = field(default_factory=Path.cwd)
 
 
@@ -62,7 +63,8 @@ def qemu_command(options: LabOptions, io_dir: Path) -> list[str]:
         qemu, "-accel", "tcg,thread=multi,tb-size=1024", "-cpu", "max", "-M", "pc",
         "-smp", str(options.smp), "-m", options.mem,
         "-nodefaults", "-display", "none", "-no-reboot", "-monitor", "none", "-nic", "none",
-        "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", KERNEL_COMMAND_LINE,
+        "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append",
+        f"{KERNEL_COMMAND_LINE} {options.kernel_append}".strip(),
         "-serial", f"file:{io_dir / 'console.log'}",
         "-serial", f"file:{io_dir / 'stdout'}",
         "-serial", f"file:{io_dir / 'stderr'}",
