@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,8 @@ from kvmkit.errors import ConfigError, KvmkitError
 
 EXIT_OK, EXIT_ERROR, EXIT_CORRUPT, EXIT_LEAKS, EXIT_NO_CHECK = 0, 1, 2, 3, 63
 _SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-_CONVERT_CHUNK = 1 << 20
+_CONVERT_CHUNK = 1 << 20  # all-zero chunks this large (or one qcow2 destination cluster) are not written
+_CONVERT_BUFFER = 8 << 20  # bytes read per call, and written per call when the chunks in it hold data
 
 
 def parse_size(text: str) -> int:
@@ -231,24 +233,19 @@ def copy_image(source: BlockDriver, destination: BlockDriver, *, compress: bool 
         chunk = max(chunk, _CONVERT_CHUNK // chunk * chunk)
     size = source.size
     zero = bytes(chunk)
-    buf = bytearray(chunk)
+    buf = bytearray(max(chunk, _CONVERT_BUFFER // chunk * chunk))
     pos = 0
     shown = -1
     while pos < size:
         may_hold_data, run = source.block_status(pos, size - pos)
         if not may_hold_data and run >= chunk:
             pos += run - run % chunk
-        else:  # a data run: copied chunk by chunk (all-zero chunks skipped) without asking again
+        else:  # a data run: copied a buffer at a time (all-zero chunks skipped) without asking again
             end = min(size, pos + max(run, 1))
             while pos < end:
-                n = min(chunk, size - pos)
-                view = memoryview(buf)[:n]
-                source.pread(pos, [view])
-                if view != zero[:n]:
-                    if compress:
-                        destination.write_compressed(pos, bytes(view))
-                    else:
-                        destination.pwrite(pos, [view])
+                n = min(len(buf), size - pos, -(-(end - pos) // chunk) * chunk)
+                source.pread(pos, [memoryview(buf)[:n]])
+                _write_chunks(destination, pos, buf, n, chunk, zero, compress)
                 pos += n
         if progress is not None and int(200 * pos / size) != shown:
             shown = int(200 * pos / size)
@@ -257,3 +254,25 @@ def copy_image(source: BlockDriver, destination: BlockDriver, *, compress: bool 
     if progress is not None:
         progress.write("    (100.00/100%)\n")
     destination.flush()
+
+
+def _write_chunks(destination: BlockDriver, offset: int, buf: bytearray, length: int, chunk: int, zero: bytes,
+                  compress: bool) -> None:
+    """Write the chunks of buf[:length] that are not all zero: one write per run of them, or compressed ones."""
+    view = memoryview(buf)
+    data = [not _all_zero(buf, at, min(at + chunk, length), zero) for at in range(0, length, chunk)]
+    at = 0
+    for has_data, group in itertools.groupby(data):
+        n = min(len(list(group)) * chunk, length - at)
+        if has_data and compress:
+            for c in range(at, at + n, chunk):
+                destination.write_compressed(offset + c, bytes(view[c : min(c + chunk, at + n)]))
+        elif has_data:
+            destination.pwrite(offset + at, [view[at : at + n]])
+        at += n
+
+
+def _all_zero(buf: bytearray, start: int, stop: int, zero: bytes) -> bool:
+    """buf[start:stop] holds only zero bytes (a short prefix first: data usually differs at once). Slices of a
+    bytearray compare at memcmp speed; memoryviews would compare byte by byte."""
+    return buf[start : start + 64] == zero[: min(64, stop - start)] and buf[start:stop] == zero[: stop - start]

@@ -1,4 +1,5 @@
-"""Cluster allocation for the qcow2 driver: copy-on-write, L1/L2 updates, freeing, compressed packing.
+"""Cluster allocation for the qcow2 driver: copy-on-write, runs of fresh clusters, L1/L2 updates, freeing,
+compressed packing.
 
 `ClusterAllocation` is mixed into `Qcow2Driver`; every method runs with the driver's metadata lock held.
 """
@@ -6,7 +7,7 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from kvmkit.block.formats.qcow2.cluster_map import (
     L2E_OFFSET_MASK,
@@ -15,6 +16,7 @@ from kvmkit.block.formats.qcow2.cluster_map import (
     OFLAG_ZERO,
     SUBCLUSTER_ALL_ALLOCATED,
     SUBCLUSTER_ALL_ZERO,
+    fully_allocated,
 )
 from kvmkit.errors import ImageError
 
@@ -25,6 +27,14 @@ if TYPE_CHECKING:
     from kvmkit.block.formats.qcow2.l2_cache import L2Cache
     from kvmkit.block.formats.qcow2.refcount import Refcounts
     from kvmkit.block.protocols.file import FileProtocol
+
+
+class FreshRun(NamedTuple):
+    """Guest clusters [cluster, cluster + count) getting the contiguous host clusters that start at byte `host`."""
+
+    cluster: int
+    count: int
+    host: int
 
 
 class ClusterAllocation:
@@ -79,6 +89,95 @@ class ClusterAllocation:
                      SUBCLUSTER_ALL_ALLOCATED if self.geometry.extended_l2 else 0)
         self._release(entry)
 
+    def _replaceable_run(self, cluster: int, limit: int) -> int:
+        """How many guest clusters from `cluster` on (at most `limit`) a whole-cluster write gives fresh host
+        clusters: every one the image does not own outright. Their entries are validated on the way."""
+        per_l2 = self.geometry.l2_entries
+        count = 0
+        while count < limit:
+            c = cluster + count
+            loaded = self._l2_table(c // per_l2)
+            if loaded is not None:
+                entry, bitmap = self._entry(loaded[1], c % per_l2)
+                if count and fully_allocated(self.geometry, entry, bitmap):
+                    break
+                self._pieces(c, entry, bitmap)
+            count += 1
+        return count
+
+    def _replace_clusters(self, cluster: int, count: int, views: list[memoryview]) -> FreshRun | None:
+        """Start giving whole guest clusters [cluster, cluster + count) new contiguous host clusters for `views`.
+
+        Refcounts come first (one allocation). When every L2 table involved exists, the run is returned: the
+        caller writes its data, then calls `_link_run`. A run that needs new L2 tables is finished here: they
+        are allocated just before its data, written together with it in one write, and only then linked from
+        the L1 table (so no L2 entry is reachable before the data it exposes)."""
+        cs = self.cluster_size
+        per_l2 = self.geometry.l2_entries
+        self._begin_metadata_change()
+        l1_indices = range(cluster // per_l2, (cluster + count - 1) // per_l2 + 1)
+        new = [i for i in l1_indices if self._l2_table(i) is None]
+        for i in l1_indices:
+            if i not in new:
+                self._l2_for_write(i)  # refuses shared tables before anything is allocated
+        first = self.refcounts.allocate(len(new) + count)
+        run = FreshRun(cluster, count, (first + len(new)) * cs)
+        if not new:
+            return run
+        tables = [bytearray(cs) for _ in new]
+        for i, table in zip(new, tables, strict=True):
+            lo, hi = max(cluster, i * per_l2), min(cluster + count, (i + 1) * per_l2)
+            start = lo % per_l2 * self.geometry.entry_size
+            table[start : start + (hi - lo) * self.geometry.entry_size] = self._fresh_entries(
+                run.host + (lo - cluster) * cs, hi - lo)
+        try:
+            self.file.write_at(first * cs, [*tables, *views])
+        except BaseException:
+            self._free_new(first, len(new) + count)
+            raise
+        for k, table in enumerate(tables):
+            self._metadata.add(first + k)
+            self.l2_cache.put((first + k) * cs, table)
+        self._set_l1_entries({i: (first + k) * cs | OFLAG_COPIED for k, i in enumerate(new)})
+        self._link_run(run, skip=set(new))
+        return None
+
+    def _link_run(self, run: FreshRun, skip: set[int] | frozenset[int] = frozenset()) -> None:
+        """Point the run's L2 entries at its (written) host clusters, one write per L2 table, then release the
+        old entries. Entries are read now, not when the run was planned: a concurrent request may have
+        replaced them meanwhile, and whatever they hold now is what this write supersedes."""
+        cs = self.cluster_size
+        per_l2 = self.geometry.l2_entries
+        size = self.geometry.entry_size
+        self._begin_metadata_change()  # a flush since the run was planned may have marked the image clean
+        old: list[int] = []
+        cluster, end = run.cluster, run.cluster + run.count
+        while cluster < end:
+            l1_index = cluster // per_l2
+            stop = min(end, (l1_index + 1) * per_l2)
+            if l1_index not in skip:
+                l2_offset, table = self._l2_for_write(l1_index)
+                first = cluster % per_l2
+                old += [self._entry(table, i)[0] for i in range(first, first + stop - cluster)]
+                raw = self._fresh_entries(run.host + (cluster - run.cluster) * cs, stop - cluster)
+                table[first * size : first * size + len(raw)] = raw
+                self.file.write_at(l2_offset + first * size, [raw])
+            cluster = stop
+        for entry in old:
+            self._release(entry)
+
+    def _free_new(self, first: int, count: int) -> None:
+        """Give back host clusters allocated for a write that failed before anything pointed at them."""
+        for cluster in range(first, first + count):
+            self.refcounts.decrement(cluster)
+
+    def _fresh_entries(self, host: int, count: int) -> bytes:
+        """L2 entries (with subcluster bitmaps when extended) for `count` owned clusters from host byte `host`."""
+        entries = [(host + k * self.cluster_size) | OFLAG_COPIED for k in range(count)]
+        if not self.geometry.extended_l2:
+            return struct.pack(f">{count}Q", *entries)
+        return struct.pack(f">{2 * count}Q", *[v for e in entries for v in (e, SUBCLUSTER_ALL_ALLOCATED)])
+
     def _l2_for_write(self, l1_index: int) -> tuple[int, bytearray]:
         """The L2 table for an L1 slot, allocated (zeroed) when missing."""
         loaded = self._l2_table(l1_index)
@@ -101,8 +200,21 @@ class ClusterAllocation:
         return offset, table
 
     def _set_l1(self, index: int, value: int) -> None:
-        self.l1[index] = value
-        self.file.write_at(self.header.fields.l1_table_offset + index * 8, [value.to_bytes(8, "big")])
+        self._set_l1_entries({index: value})
+
+    def _set_l1_entries(self, values: dict[int, int]) -> None:
+        """Store L1 entries, one write per run of consecutive indices."""
+        indices = sorted(values)
+        while indices:
+            n = 1
+            while n < len(indices) and indices[n] == indices[0] + n:
+                n += 1
+            run = indices[:n]
+            for i in run:
+                self.l1[i] = values[i]
+            raw = struct.pack(f">{n}Q", *(values[i] for i in run))
+            self.file.write_at(self.header.fields.l1_table_offset + run[0] * 8, [raw])
+            indices = indices[n:]
 
     def _set_l2(self, l2_offset: int, table: bytearray, index: int, entry: int, bitmap: int) -> None:
         raw = struct.pack(">QQ", entry, bitmap) if self.geometry.extended_l2 else struct.pack(">Q", entry)

@@ -1,9 +1,10 @@
 """The qcow2 block driver: synchronous and re-entrant.
 
 One metadata lock guards the L1/L2 tables, the L2 cache and the refcounts (allocation, copy-on-write, L2
-updates). Data reads, and writes to clusters the image already owns exclusively, run outside it, so many
-worker threads proceed in parallel. Clusters freed while requests are in flight stay quarantined (not
-reallocated) until the image goes idle, so a concurrent reader never sees a reused cluster.
+updates). Data reads, writes to clusters the image already owns exclusively, and writes of whole clusters
+into freshly allocated host clusters that no L2 entry points at yet run outside it, so many worker threads
+proceed in parallel. Clusters freed while requests are in flight stay quarantined (not reallocated) until
+the image goes idle, so a concurrent reader never sees a reused cluster.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kvmkit.block.driver import (
     slice_buffers,
 )
 from kvmkit.block.formats.qcow2 import compressed as compression
-from kvmkit.block.formats.qcow2.allocation import ClusterAllocation
+from kvmkit.block.formats.qcow2.allocation import ClusterAllocation, FreshRun
 from kvmkit.block.formats.qcow2.cluster_map import (
     L1E_OFFSET_MASK,
     L1E_RESERVED_MASK,
@@ -482,8 +483,6 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
 
     def _write(self, offset: int, bufs: Sequence[Buffer], length: int) -> None:
         cs = self.cluster_size
-        per_l2 = self.geometry.l2_entries
-        direct: list[tuple[int, int, int]] = []  # (host, guest, length) for clusters we own
         with self._lock:
             runs = self._data_runs(offset, length, owned=True)
         if runs is not None and len(runs) == 1:  # already ours: no metadata change, write outside the lock
@@ -494,21 +493,58 @@ class Qcow2Driver(ClusterAllocation, BlockDriver):
             for host, start, n in runs:
                 self.file.write_at(host, slice_buffers(views, start, n))
             return
-        with self._lock:
-            pos, end = offset, offset + length
-            while pos < end:
-                cluster, within = divmod(pos, cs)
-                n = min(cs - within, end - pos)
-                loaded = self._l2_table(cluster // per_l2)
-                if loaded is not None:
-                    entry, bitmap = self._entry(loaded[1], cluster % per_l2)
-                    if fully_allocated(self.geometry, entry, bitmap):
-                        self._pieces(cluster, entry, bitmap)
-                        direct.append(((entry & L2E_OFFSET_MASK) + within, pos, n))
-                        pos += n
-                        continue
-                self._cow_write(cluster, within, slice_buffers(views, pos - offset, n))
-                pos += n
+        direct: list[tuple[int, int, int]] = []  # (host, guest, length) for clusters we own
+        fresh: list[FreshRun] = []
+        try:
+            with self._lock:
+                self._map_write(offset, length, views, direct, fresh)
+            # The fresh runs' data goes to host clusters that have refcount 1 and that no L2 entry points at
+            # yet: no other request can allocate, read or write them, so the lock is not needed here, and
+            # `_link_run` exposes them only after this write (reading the entries it replaces afresh).
+            for run in fresh:
+                self.file.write_at(run.host, slice_buffers(views, run.cluster * cs - offset, run.count * cs))
+        except BaseException:
+            with self._lock:
+                for run in fresh:
+                    self._free_new(run.host // cs, run.count)
+            raise
+        if fresh:
+            with self._lock:
+                for run in fresh:
+                    self._link_run(run)
+        self._write_direct(offset, views, direct)
+
+    def _map_write(self, offset: int, length: int, views: list[memoryview], direct: list[tuple[int, int, int]],
+                   fresh: list[FreshRun]) -> None:
+        """Sort a write's clusters (metadata lock held): owned ones into `direct`, runs of whole clusters that
+        need new host clusters into `fresh` (or done, when they needed new L2 tables), partial ones copied on
+        write here."""
+        cs = self.cluster_size
+        per_l2 = self.geometry.l2_entries
+        pos, end = offset, offset + length
+        while pos < end:
+            cluster, within = divmod(pos, cs)
+            n = min(cs - within, end - pos)
+            loaded = self._l2_table(cluster // per_l2)
+            if loaded is not None:
+                entry, bitmap = self._entry(loaded[1], cluster % per_l2)
+                if fully_allocated(self.geometry, entry, bitmap):
+                    self._pieces(cluster, entry, bitmap)
+                    direct.append(((entry & L2E_OFFSET_MASK) + within, pos, n))
+                    pos += n
+                    continue
+            if n == cs:  # whole clusters: no copy-on-write read, so a run of them is allocated at once
+                count = self._replaceable_run(cluster, (end - pos) // cs)
+                run = self._replace_clusters(cluster, count, slice_buffers(views, pos - offset, count * cs))
+                if run is not None:
+                    fresh.append(run)
+                pos += count * cs
+                continue
+            self._cow_write(cluster, within, slice_buffers(views, pos - offset, n))
+            pos += n
+
+    def _write_direct(self, offset: int, views: list[memoryview], direct: list[tuple[int, int, int]]) -> None:
+        """Write into clusters the image owns, one write per host-contiguous run."""
         run: list[int] = []
         for host, guest, n in direct:
             if run and run[0] + run[2] == host and run[1] + run[2] == guest:

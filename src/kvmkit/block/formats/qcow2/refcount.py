@@ -12,6 +12,7 @@ from kvmkit.block.protocols.file import FileProtocol
 from kvmkit.errors import ImageError
 
 OFFSET_MASK = 0xFFFF_FFFF_FFFF_FE00
+_MAX_HOLES = 16  # free stretches too short for a run before allocate() goes to the end of the used clusters
 
 
 class Refcounts:
@@ -108,21 +109,30 @@ class Refcounts:
             block = self._block(index)
             assert block is not None
         i = cluster % self.entries_per_block
-        if self.bits >= 8:
-            width = self.bits // 8
-            start, end = i * width, (i + 1) * width
-            block[start:end] = value.to_bytes(width, "big")
-        else:
-            per_byte = 8 // self.bits
-            shift = (i % per_byte) * self.bits
-            start, end = i // per_byte, i // per_byte + 1
-            block[start] = (block[start] & ~(self.max_refcount << shift)) | (value << shift)
+        start, end = self._store(block, i, i + 1, value)
         if value:
             self.top = max(self.top, cluster + 1)
+        self._write_block_bytes(index, start, end)
+
+    def _store(self, block: bytearray, first: int, stop: int, value: int) -> tuple[int, int]:
+        """Set entries [first, stop) of a block in memory; returns the byte range that changed."""
+        if self.bits >= 8:
+            width = self.bits // 8
+            block[first * width : stop * width] = value.to_bytes(width, "big") * (stop - first)
+            return first * width, stop * width
+        per_byte = 8 // self.bits
+        for i in range(first, stop):
+            shift = (i % per_byte) * self.bits
+            at = i // per_byte
+            block[at] = (block[at] & ~(self.max_refcount << shift)) | (value << shift)
+        return first // per_byte, (stop - 1) // per_byte + 1
+
+    def _write_block_bytes(self, index: int, start: int, end: int) -> None:
+        """Write changed bytes of a block through (or, with lazy refcounts, remember the block as dirty)."""
         if self.lazy:
             self._dirty_blocks.add(index)
         else:
-            self.file.write_at((self.table[index] & OFFSET_MASK) + start, [memoryview(block)[start:end]])
+            self.file.write_at((self.table[index] & OFFSET_MASK) + start, [memoryview(self._blocks[index])[start:end]])
 
     def increment(self, cluster: int) -> None:
         self.set(cluster, self.get(cluster) + 1)
@@ -139,7 +149,9 @@ class Refcounts:
 
     def release_quarantine(self) -> None:
         """Freed clusters become allocatable once no request that might still use them is in flight."""
-        self.quarantine.clear()
+        if self.quarantine:
+            self._free_hint = min(self._free_hint, min(self.quarantine))
+            self.quarantine.clear()
 
     def write_back(self) -> None:
         """Write every block changed in lazy mode."""
@@ -154,33 +166,93 @@ class Refcounts:
     # allocation ----------------------------------------------------------------------------
 
     def allocate(self, count: int = 1) -> int:
-        """Find `count` contiguous free clusters, give them refcount 1, return the first index."""
-        candidate = self._free_hint
+        """Give `count` contiguous free clusters refcount 1 (one write per refcount block) and return the first.
+
+        First fit from the free hint; after _MAX_HOLES free stretches too short for the run, the search moves to
+        the end of the used clusters. Only clusters whose refcount is 0 (and not quarantined) are ever taken."""
+        candidate = self._free_hint = self._next_free(self._free_hint)
+        holes = 0
+        while (blocker := self._first_unusable(candidate, count)) is not None:
+            holes += 1
+            candidate = self._next_free(blocker + 1 if holes < _MAX_HOLES else max(blocker + 1, self.top))
+        self._set_run(candidate, count, 1)
+        if candidate == self._free_hint:
+            self._free_hint = candidate + count
+        return candidate
+
+    def _next_free(self, cluster: int) -> int:
+        """The first allocatable cluster from `cluster` on (creating missing refcount blocks on the way)."""
+        cluster = max(cluster, 1)
         while True:
-            run_ok = True
-            for cluster in range(candidate, candidate + count):
-                index = cluster // self.entries_per_block
-                if self._block(index) is None:
-                    if index >= len(self.table):
-                        self._grow_table(index + 1)
-                        run_ok = False
-                        break
-                    self._create_block_at(cluster)
-                    candidate, run_ok = cluster + 1, False
-                    break
-                if self.get(cluster) != 0 or cluster in self.quarantine or cluster == 0:
-                    candidate, run_ok = cluster + 1, False
-                    break
-            if run_ok:
-                for cluster in range(candidate, candidate + count):
-                    self.set(cluster, 1)
-                if count == 1 or candidate == self._free_hint:
-                    self._free_hint = candidate + count
-                return candidate
+            index = cluster // self.entries_per_block
+            block = self._block(index)
+            if block is None:
+                self._cover(cluster)
+                continue
+            if not self._entry(block, cluster % self.entries_per_block) and cluster not in self.quarantine:
+                return cluster
+            cluster += 1
+
+    def _first_unusable(self, first: int, count: int) -> int | None:
+        """The first cluster of [first, first + count) that cannot be allocated, or None when all can."""
+        end = first + count
+        quarantined = min((c for c in self.quarantine if first <= c < end), default=None)
+        cluster = first
+        while cluster < end:
+            index = cluster // self.entries_per_block
+            block = self._block(index)
+            if block is None:
+                if index >= len(self.table):
+                    self._grow_table(index + 1)  # the table may land inside the run: look again
+                    return self._first_unusable(first, count)
+                self._place_block(index, first)  # in the run's (free) first cluster: the run then starts after it
+                return first
+            stop = min(end, (index + 1) * self.entries_per_block)
+            used = self._first_used(block, cluster % self.entries_per_block, stop - index * self.entries_per_block)
+            if used is not None:
+                cluster = index * self.entries_per_block + used
+                return cluster if quarantined is None else min(cluster, quarantined)
+            cluster = stop
+        return quarantined
+
+    def _first_used(self, block: bytearray, first: int, stop: int) -> int | None:
+        """Index of the first nonzero entry in [first, stop) of a block (whole zero byte ranges checked at once)."""
+        if self.bits >= 8:
+            width = self.bits // 8
+            raw = block[first * width : stop * width]
+            zeros = len(raw) - len(raw.lstrip(b"\0"))
+            return None if zeros == len(raw) else first + zeros // width
+        return next((i for i in range(first, stop) if self._entry(block, i)), None)
+
+    def _cover(self, cluster: int) -> None:
+        """Make a refcount block describe `cluster`: grow the table, or put the block in `cluster` itself."""
+        index = cluster // self.entries_per_block
+        if index >= len(self.table):
+            self._grow_table(index + 1)
+        else:
+            self._create_block_at(cluster)
+
+    def _set_run(self, first: int, count: int, value: int) -> None:
+        """Set the refcounts of clusters [first, first + count), whose blocks exist: one write per block."""
+        cluster, end = first, first + count
+        while cluster < end:
+            index = cluster // self.entries_per_block
+            base = index * self.entries_per_block
+            stop = min(end, base + self.entries_per_block)
+            block = self._block(index)
+            assert block is not None
+            start, stop_byte = self._store(block, cluster - base, stop - base, value)
+            self._write_block_bytes(index, start, stop_byte)
+            cluster = stop
+        if value and count:
+            self.top = max(self.top, end)
 
     def _create_block_at(self, cluster: int) -> None:
         """Put the missing refcount block covering `cluster` into `cluster` itself (it counts itself)."""
-        index = cluster // self.entries_per_block
+        self._place_block(cluster // self.entries_per_block, cluster)
+
+    def _place_block(self, index: int, cluster: int) -> None:
+        """Put missing refcount block `index` into free `cluster`, whose own block exists or is this one."""
         block = bytearray(self.cluster_size)
         self._blocks[index] = block
         offset = cluster << self.cluster_bits
