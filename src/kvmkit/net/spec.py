@@ -6,18 +6,21 @@ import os
 import socket
 from dataclasses import dataclass
 
-from kvmkit.cli.run_options import parse_keyvals
+from kvmkit.cli.run_options import parse_keyvals, parse_size
 from kvmkit.errors import ConfigError, HostError
 from kvmkit.net.backend import NetBackend
 from kvmkit.net.ifreq import add_bridge_port, set_interface_up
 from kvmkit.net.sockets import DgramBackend, StreamBackend, unix_path_cleanup
 from kvmkit.net.tap import TapBackend
 
+# A tap's send buffer bounds the frames queued in the host stack on the guest's behalf; once full, writes (and
+# vhost-net's transmit) stall until the stack frees space. QEMU sets it to INT_MAX unless told otherwise.
+TAP_SNDBUF_UNLIMITED = 2**31 - 1
 TRUE_WORDS, FALSE_WORDS = {"on", "yes", "true"}, {"off", "no", "false"}
 COMMON_KEYS = {"id"}
 KEYS = {
-    "tap": {"ifname", "script", "downscript", "vhost", "vnet_hdr", "vhostforce"},
-    "bridge": {"br", "helper", "vhost"},
+    "tap": {"ifname", "script", "downscript", "vhost", "vnet_hdr", "vhostforce", "sndbuf"},
+    "bridge": {"br", "helper", "vhost", "sndbuf"},
     "stream": {"server", "addr.type", "addr.path", "addr.host", "addr.port", "addr.abstract", "reconnect"},
     "dgram": {"local.type", "local.host", "local.port", "local.path", "remote.type", "remote.host",
               "remote.port", "remote.path"},
@@ -46,6 +49,12 @@ class NetdevSpec:
         if value in FALSE_WORDS:
             return False
         raise ConfigError(f"{self.what}: {key}={value!r} must be on or off")
+
+    def send_buffer(self) -> int:
+        """The tap's send buffer in bytes (`sndbuf=`, as QEMU: 0 or absent means unlimited)."""
+        text = self.options.get("sndbuf", "0")
+        size = parse_size(text, f"{self.what}: sndbuf", default_unit=1)
+        return min(size, TAP_SNDBUF_UNLIMITED) if size else TAP_SNDBUF_UNLIMITED
 
 
 def parse_netdev(text: str) -> NetdevSpec:
@@ -78,7 +87,8 @@ def open_backend(spec: NetdevSpec) -> NetBackend:
     """Create the host side of a -netdev."""
     options = spec.options
     if spec.kind == "tap":
-        return TapBackend(spec.id, options.get("ifname", ""), vnet_hdr=spec.flag("vnet_hdr", True))
+        return TapBackend(spec.id, options.get("ifname", ""), vnet_hdr=spec.flag("vnet_hdr", True),
+                          sndbuf=spec.send_buffer())
     if spec.kind == "bridge":
         return open_bridge(spec)
     if spec.kind == "stream":
@@ -95,7 +105,7 @@ def open_bridge(spec: NetdevSpec) -> TapBackend:
     if not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
         raise HostError(f"{spec.what}: {bridge!r} is not an existing Linux bridge "
                         f"(create it: ip link add {bridge} type bridge; ip link set {bridge} up)")
-    backend = TapBackend(spec.id, "kvmkit%d", vnet_hdr=True)
+    backend = TapBackend(spec.id, "kvmkit%d", vnet_hdr=True, sndbuf=spec.send_buffer())
     backend.kind = "bridge"
     try:
         add_bridge_port(bridge, backend.ifname, spec.what)

@@ -25,6 +25,7 @@ from kvmkit.net.ifreq import (
     TUN_F_TSO_ECN,
     TUNSETIFF,
     TUNSETOFFLOAD,
+    TUNSETSNDBUF,
     TUNSETVNETHDRSZ,
     Ifreq,
     check_ifname,
@@ -35,8 +36,9 @@ RX_BATCH_BYTES = 256 * 1024  # ... or bytes: TX kicks (the guest's ACKs) must no
 TX_PENDING_LIMIT = 256  # frames copied aside when the tap queue is full, before we push back
 
 
-def open_tap(ifname: str, vnet_hdr: bool, what: str) -> tuple[int, str]:
-    """Open /dev/net/tun and attach to (or create) tap `ifname`; returns (fd, actual name)."""
+def open_tap(ifname: str, vnet_hdr: bool, what: str, sndbuf: int | None = None) -> tuple[int, str]:
+    """Open /dev/net/tun and attach to (or create) tap `ifname`, with send buffer `sndbuf` bytes when given;
+    returns (fd, actual name)."""
     request = Ifreq(name=check_ifname(ifname, what) if ifname else b"",
                     flags=IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0))
     try:
@@ -47,6 +49,8 @@ def open_tap(ifname: str, vnet_hdr: bool, what: str) -> tuple[int, str]:
         fcntl.ioctl(fd, TUNSETIFF, request)
         if vnet_hdr:
             fcntl.ioctl(fd, TUNSETVNETHDRSZ, ctypes.c_int(VNET_HDR_LEN))
+        if sndbuf is not None:
+            fcntl.ioctl(fd, TUNSETSNDBUF, ctypes.c_int(sndbuf))
     except OSError as error:
         os.close(fd)
         hint = " (needs CAP_NET_ADMIN, or a tap owned by this user)" if error.errno == errno.EPERM else ""
@@ -59,11 +63,12 @@ class TapBackend(PollingBackend):
 
     kind = "tap"
 
-    def __init__(self, netdev_id: str, ifname: str, vnet_hdr: bool = True, fd: int | None = None) -> None:
+    def __init__(self, netdev_id: str, ifname: str, vnet_hdr: bool = True, fd: int | None = None,
+                 sndbuf: int | None = None) -> None:
         super().__init__(netdev_id)
         what = f"-netdev tap,id={netdev_id}"
         if fd is None:
-            fd, ifname = open_tap(ifname, vnet_hdr, what)
+            fd, ifname = open_tap(ifname, vnet_hdr, what, sndbuf)
         self.fd = fd
         self.ifname = ifname
         self.has_vnet_hdr = vnet_hdr
