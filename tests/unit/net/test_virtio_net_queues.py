@@ -122,3 +122,25 @@ def test_offloads_are_not_offered_without_a_vnet_header_backend(rig):
     assert offered & feature_bit(VIRTIO_NET_F_MRG_RXBUF)
     assert not offered & 0b1  # VIRTIO_NET_F_CSUM
     assert ctypes.sizeof(VirtioNetHdr) == 12
+
+
+def test_tx_polls_once_more_before_asking_the_driver_to_kick_again(rig):
+    """As QEMU's tx=bh: after a kick's batch avail_event stays behind, so a guest streaming frames does not exit
+    for each; frames queued meanwhile go out on the main loop's second look, and a look that finds the ring
+    empty re-arms the kick (avail_event = the next index)."""
+    queue = rig.driver.queues[1]
+    header = bytes(VirtioNetHdr())
+    for size in (60, 61):
+        queue.post([header, frame(size)], [], kick=False)
+    queue.kick()
+    assert len(queue.take_used()) == 2
+    assert queue.avail_event() == 0, "the kick was re-armed at once: the driver will exit for every frame"
+    assert len(rig.loop.timers) == 1  # the second look
+    for size in (62, 63, 64):
+        queue.post([header, frame(size)], [], kick=False)  # queued without a kick, as the driver would
+    rig.loop.fire_timers()
+    assert len(queue.take_used()) == 3
+    assert queue.avail_event() == 0 and len(rig.loop.timers) == 1  # still streaming: no kick, one more look
+    rig.loop.fire_timers()
+    assert queue.avail_event() == 5 and rig.loop.timers == []  # empty ring: re-armed, no more polling
+    assert rig.received_frames() == [frame(size) for size in (60, 61, 62, 63, 64)]

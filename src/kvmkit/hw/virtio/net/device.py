@@ -79,6 +79,7 @@ class VirtioNet(VirtioDevice):
         self.active = False
         self._rx_timer: Any = None
         self._tx_timer: Any = None
+        self._tx_poll: Any = None  # a pending second look at the TX ring (see _poll_tx_soon)
         self.vhost: Any = None  # kvmkit.net.vhost.VhostNet when the kernel moves the data
         backend.start(loop, self, self)
 
@@ -229,7 +230,7 @@ class VirtioNet(VirtioDevice):
             elements: list[VirtqueueElement] = []
             if limiter is None:
                 if can_send():
-                    queue.pop_all(elements)
+                    queue.pop_all(elements, rearm=False)
             else:
                 while len(elements) < TX_BATCH and can_send():
                     if not limiter.may_take():
@@ -264,8 +265,22 @@ class VirtioNet(VirtioDevice):
             queue.fill_many([(element.head, 0) for element in elements])
             queue.flush()
             self.notify_queue(TX_QUEUE)
-            if limiter is None or len(elements) < TX_BATCH:
-                return  # pop_all left avail_event at the end of the ring: the driver kicks for anything new
+            if limiter is None:
+                self._poll_tx_soon()  # the driver was not told to kick again: look once more, then re-arm
+                return
+            if len(elements) < TX_BATCH:
+                return
+
+    def _poll_tx_soon(self) -> None:
+        """Come back to the TX ring from the main loop rather than re-arm its kick now (as QEMU's tx=bh): a
+        guest sending a stream queues frames meanwhile without exiting for each; a pass that finds the ring
+        empty publishes avail_event, so the next frame kicks again."""
+        if self._tx_poll is None:
+            self._tx_poll = self.loop.call_later(0, self._poll_tx)
+
+    def _poll_tx(self) -> None:
+        self._tx_poll = None
+        self.resume_tx()
 
     def _hold_tx(self) -> None:
         self.tx.throttled += 1
