@@ -8,6 +8,7 @@ and runs COMMAND there. It has no network device: nothing sent inside the lab ca
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -22,9 +23,13 @@ from kvmkit.errors import HostError
 from kvmkit.lab.assets import build_lab_assets
 
 LAB_FAILED = 125
+# The lab's own kernel stopped making progress (a soft lockup that lasted LabOptions.lockup_limit): the lab is
+# killed and this status returned, so that a caller can tell an infrastructure failure from a failed job.
+LAB_KERNEL_LOCKUP = 120
 # Variables that describe the caller's session rather than the job; the lab does not inherit them.
 UNSHARED_VARIABLES = {"DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_RUNTIME_DIR",
                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "OLDPWD", "PWD", "SHLVL", "_"}
+SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s!.*")
 KERNEL_COMMAND_LINE = "console=ttyS0 panic=-1 quiet loglevel=4 8250.nr_uarts=4 tsc=unstable"
 
 
@@ -37,6 +42,7 @@ class LabOptions:
     timeout: float = 3600.0
     show_console: bool = False
     kernel_append: str = ""  # extra lab kernel parameters (later ones win, e.g. loglevel=7)
+    lockup_limit: float = 100.0  # seconds a lab CPU may be reported stuck before the lab is given up
     workdir: Path = field(default_factory=Path.cwd)
 
 
@@ -74,6 +80,37 @@ def qemu_command(options: LabOptions, io_dir: Path) -> list[str]:
     ]
 
 
+class LockupWatch:
+    """Reads the lab kernel's console as it grows and finds a soft lockup that has lasted `limit` seconds.
+
+    The kernel's watchdog reports a stuck CPU every ~26 s ("watchdog: BUG: soft lockup - CPU#0 stuck for 52s!");
+    one short report can be a starved lab CPU, a report past `limit` is a lab that will not recover.
+    """
+
+    def __init__(self, path: Path, limit: float) -> None:
+        self.path, self.limit, self.offset = path, limit, 0
+        self._partial = b""
+        self.report: str | None = None
+
+    def check(self) -> str | None:
+        """The first console line showing a lockup of at least `limit` seconds, once one has been written."""
+        if self.report is None:
+            try:
+                with self.path.open("rb") as console:
+                    console.seek(self.offset)
+                    data = console.read()
+            except FileNotFoundError:
+                return None
+            self.offset += len(data)
+            *lines, self._partial = (self._partial + data).split(b"\n")
+            for raw in lines:
+                match = SOFT_LOCKUP.search(raw.decode(errors="replace"))
+                if match and int(match.group(1)) >= self.limit:
+                    self.report = match.group(0)
+                    break
+        return self.report
+
+
 class _Relay:
     """Copies what the lab writes into a file to one of our own streams, as it arrives."""
 
@@ -107,15 +144,22 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
         if options.show_console:
             relays.append(_Relay(io_dir / "console.log", sys.stderr.buffer))
         started = time.monotonic()
+        lockup = LockupWatch(io_dir / "console.log", options.lockup_limit)
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) as qemu:
             timed_out = False
+            next_console_check = started
             while qemu.poll() is None:
                 for relay in relays:
                     relay.pump()
-                if time.monotonic() - started > options.timeout:
+                now = time.monotonic()
+                if now - started > options.timeout:
                     qemu.kill()
                     timed_out = True
+                elif now >= next_console_check:
+                    next_console_check = now + 1.0
+                    if lockup.check() is not None:
+                        qemu.kill()
                 time.sleep(0.05)
             qemu_output = qemu.stdout.read().decode(errors="replace") if qemu.stdout else ""
         for relay in relays:
@@ -123,6 +167,9 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
         status_file = io_dir / "status"
         if timed_out:
             return _lab_failure(f"the job did not finish within {options.timeout:.0f} s", io_dir)
+        if lockup.report is not None:
+            _lab_failure(f"the lab's own kernel locked up ({lockup.report}); the lab was stopped", io_dir)
+            return LAB_KERNEL_LOCKUP
         if not status_file.exists():
             detail = f"QEMU exited with {qemu.returncode}" + (f": {qemu_output.strip()}" if qemu_output else "")
             return _lab_failure(f"the lab stopped without reporting a status ({detail})", io_dir)
