@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the lab is killed")
     parser.add_argument("--console", action="store_true", help="also show the lab kernel's console on stderr")
     parser.add_argument("--append", default="", metavar="PARAMS",
-                        help="extra lab kernel parameters, e.g. 'loglevel=7' to see a soft lockup's stack")
+                        help="extra lab kernel parameters, e.g. 'loglevel=7' for every kernel message")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

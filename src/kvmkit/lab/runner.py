@@ -30,7 +30,8 @@ LAB_KERNEL_LOCKUP = 120
 UNSHARED_VARIABLES = {"DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_RUNTIME_DIR",
                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "OLDPWD", "PWD", "SHLVL", "_"}
 SOFT_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s!.*")
-KERNEL_COMMAND_LINE = "console=ttyS0 panic=-1 quiet loglevel=4 8250.nr_uarts=4 tsc=unstable"
+# loglevel=5: warnings reach the console, so a soft lockup or an Oops comes with its stack trace
+KERNEL_COMMAND_LINE = "console=ttyS0 panic=-1 quiet loglevel=5 8250.nr_uarts=4 tsc=unstable"
 
 
 @dataclass
