@@ -323,20 +323,19 @@ class Virtqueue:
         """Append every available chain to `into` (and return it), publishing avail_event once at the end.
 
         With EVENT_IDX the ring is re-read after avail_event is published, so a chain the driver added meanwhile
-        is either popped here or announced by a kick. With `rearm=False` a call that popped something returns
-        without publishing: the driver keeps not kicking, and the caller must come back (a poll) until a call
-        finds the ring empty, which publishes as usual. On a malformed chain VirtqueueError is raised and `into`
-        holds the chains popped before it.
+        is either popped here or announced by a kick. With `rearm=False` nothing is published: the driver is not
+        asked to kick for what it adds next, so the caller must look again later (a poll) or re-arm with a
+        default call. On a malformed chain VirtqueueError is raised and `into` holds the chains popped before it.
         """
         if not self.ready:
             return into
         rings = self._rings or self._map_rings()
         avail, size, walk = rings[1], self.size, self._walk_chain
-        last = start = self.last_avail_idx
+        last = self.last_avail_idx
         while True:
             count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
             if not count:
-                if not self.event_idx or (not rearm and last != start):
+                if not self.event_idx or not rearm:
                     return into
                 _store_u16(rings[2], HEADER_SIZE + USED_ELEM_SIZE * size, last)
                 self._memory_barrier()

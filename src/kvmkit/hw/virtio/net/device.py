@@ -149,7 +149,9 @@ class VirtioNet(VirtioDevice):
     # RxSink (called by the backend) ---------------------------------------------------------------
 
     def can_receive(self) -> bool:
-        if not (self.active and self.link_up and self.rx.posted) or (self.vhost is not None and self.vhost.running):
+        if not (self.active and self.link_up) or (self.vhost is not None and self.vhost.running):
+            return False
+        if not self.rx.posted and not self._refill_rx():
             return False
         if self.rx_limiter.unlimited or self.rx_limiter.may_take():
             return True
@@ -172,7 +174,7 @@ class VirtioNet(VirtioDevice):
         self.rx.commit(nbytes)
 
     def deliver(self, frame: bytes | bytearray | memoryview) -> bool:
-        accepted = self.rx.deliver(frame)
+        accepted = self.rx.deliver(frame) or (self._refill_rx() > 0 and self.rx.deliver(frame))
         if accepted and not self.rx_limiter.unlimited:
             self.rx_limiter.take(len(frame))
         return accepted
@@ -180,9 +182,20 @@ class VirtioNet(VirtioDevice):
     def complete(self) -> None:
         try:
             self.rx.complete()
-            self.rx.refill()
+            self.rx.refill(rearm=False)
         except VirtqueueError as error:
             self.fail(str(error))
+
+    def _refill_rx(self) -> int:
+        """Out of room for a frame: take the buffers the driver posted since, and ask for a kick for the next.
+
+        While frames flow, buffers are picked up after each batch (complete) without asking the driver to
+        kick, as QEMU keeps RX notifications off while it has buffers: every refill kick is a guest exit."""
+        try:
+            return self.rx.refill()
+        except VirtqueueError as error:
+            self.fail(str(error))
+            return 0
 
     # queues ---------------------------------------------------------------------------------------
 
@@ -201,7 +214,7 @@ class VirtioNet(VirtioDevice):
         if self.vhost_running and index != CTRL_QUEUE:
             return
         if index == RX_QUEUE:
-            self.rx.refill()
+            self.rx.refill(rearm=False)  # the kick is re-armed when the buffers run out (_refill_rx)
             if self.rx.posted:
                 self.backend.resume_rx()
         elif index == TX_QUEUE:
@@ -229,8 +242,8 @@ class VirtioNet(VirtioDevice):
             frames: list[Iovec] = []
             elements: list[VirtqueueElement] = []
             if limiter is None:
-                if can_send():
-                    queue.pop_all(elements, rearm=False)
+                if can_send() and not queue.pop_all(elements, rearm=False):
+                    queue.pop_all(elements)  # the ring is empty: ask for a kick for the next frame
             else:
                 while len(elements) < TX_BATCH and can_send():
                     if not limiter.may_take():

@@ -69,14 +69,15 @@ class RxPool:
     def capacity(self) -> int:
         return self._total - self._consumed_end
 
-    def refill(self) -> int:
-        """Pop every buffer the driver made available; returns how many were added."""
+    def refill(self, rearm: bool = True) -> int:
+        """Pop every buffer the driver made available; returns how many were added. With `rearm=False` the
+        driver is not asked to kick for the buffers it posts next (see VirtioNet.complete)."""
         if self._start >= COMPACT_AT:
             self._compact()
         queue = self.queue
         popped: list[VirtqueueElement] = []
         try:
-            queue.pop_all(popped)
+            queue.pop_all(popped, rearm=rearm)
         finally:
             self._post(popped)
         return len(popped)
