@@ -29,3 +29,12 @@ def images_identical(a: str, b: str) -> bool:
 
 def qemu_check_clean(path: str) -> bool:
     return qemu("qemu-img", "check", path, check=False).returncode == 0
+
+
+def assert_image_matches(path: str, reference: bytes | bytearray, folder) -> None:  # type: ignore[no-untyped-def]
+    """qemu-img finds `path` clean and equal to `reference` (written next to it as a raw file)."""
+    ref_path = str(folder / "ref.raw")
+    with open(ref_path, "wb") as f:
+        f.write(reference)
+    assert qemu_check_clean(path)
+    assert images_identical(path, ref_path)

@@ -8,7 +8,7 @@ import struct
 import threading
 
 import pytest
-from block_judges import images_identical, needs_qemu, qemu_check_clean
+from block_judges import assert_image_matches, needs_qemu, qemu_check_clean
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image
@@ -54,11 +54,7 @@ def test_random_operations_match_raw_reference(tmp_path, seed, cluster_size, wit
                 buf = bytearray(n)
                 image.pread(off, [buf])
                 assert buf == reference[off : off + n]
-    ref_path = str(tmp_path / "ref.raw")
-    with open(ref_path, "wb") as f:
-        f.write(reference)
-    assert qemu_check_clean(path)
-    assert images_identical(path, ref_path)
+    assert_image_matches(path, reference, tmp_path)
 
 
 def test_concurrent_writers_and_readers_see_their_own_data(tmp_path):

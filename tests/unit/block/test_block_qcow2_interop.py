@@ -6,7 +6,7 @@ import os
 import random
 
 import pytest
-from block_judges import images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
+from block_judges import assert_image_matches, images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image
@@ -110,11 +110,7 @@ def test_kvmkit_written_qcow2_passes_qemu_check_and_compare(tmp_path, cluster_si
             data = rng.randbytes(rng.randrange(1, 70000))
             reference[off : off + len(data)] = data
             image.pwrite(off, [bytearray(data)])
-    ref_path = str(tmp_path / "ref.raw")
-    with open(ref_path, "wb") as f:
-        f.write(reference)
-    assert qemu_check_clean(path)
-    assert images_identical(path, ref_path)
+    assert_image_matches(path, reference, tmp_path)
 
 
 def test_kvmkit_copy_on_write_over_qemu_backing(tmp_path):

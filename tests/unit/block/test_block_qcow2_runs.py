@@ -6,7 +6,7 @@ import random
 import threading
 
 import pytest
-from block_judges import images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
+from block_judges import assert_image_matches, images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
 
 from kvmkit.block.create import create_image
 from kvmkit.block.formats.qcow2.check import check_qcow2
@@ -161,11 +161,7 @@ def test_multi_cluster_writes_over_mixed_clusters_pass_qemu_judges(tmp_path, cs,
         back = bytearray(size)
         image.pread(0, [back])
         assert back == reference
-    ref_path = str(tmp_path / "ref.raw")
-    with open(ref_path, "wb") as f:
-        f.write(reference)
-    assert qemu_check_clean(path)
-    assert images_identical(path, ref_path)
+    assert_image_matches(path, reference, tmp_path)
 
 
 def test_concurrent_overlapping_whole_cluster_runs_stay_consistent(tmp_path):

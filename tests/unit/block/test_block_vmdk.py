@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from block_judges import images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
+from block_judges import assert_image_matches, needs_qemu, qemu, qemu_io
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image
@@ -27,11 +27,7 @@ def test_kvmkit_vmdk_written_then_judged_by_qemu(tmp_path, subformat):
             data = rng.randbytes(rng.randrange(1, 100_000))
             reference[off : off + len(data)] = data
             image.pwrite(off, [bytearray(data)])
-    ref_path = str(tmp_path / "ref.raw")
-    with open(ref_path, "wb") as f:
-        f.write(reference)
-    assert qemu_check_clean(path)
-    assert images_identical(path, ref_path)
+    assert_image_matches(path, reference, tmp_path)
 
 
 @pytest.mark.parametrize("subformat", ["monolithicSparse", "monolithicFlat"])
