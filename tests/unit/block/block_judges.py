@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -38,3 +39,21 @@ def assert_image_matches(path: str, reference: bytes | bytearray, folder) -> Non
         f.write(reference)
     assert qemu_check_clean(path)
     assert images_identical(path, ref_path)
+
+
+def run_workers(worker, count: int) -> list[BaseException]:  # type: ignore[no-untyped-def]
+    """Run worker(0..count-1) on `count` threads at once; the exceptions they raised (empty when all passed)."""
+    errors: list[BaseException] = []
+
+    def guarded(index: int) -> None:
+        try:
+            worker(index)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

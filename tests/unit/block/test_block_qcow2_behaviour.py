@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import random
 import struct
-import threading
 
 import pytest
-from block_judges import assert_image_matches, needs_qemu, qemu_check_clean
+from block_judges import assert_image_matches, needs_qemu, qemu_check_clean, run_workers
 
 from kvmkit.block.create import create_image
 from kvmkit.block.open import open_image
@@ -60,27 +59,19 @@ def test_random_operations_match_raw_reference(tmp_path, seed, cluster_size, wit
 def test_concurrent_writers_and_readers_see_their_own_data(tmp_path):
     path = str(tmp_path / "c.qcow2")
     create_image(path, "qcow2", 8 * MiB, options={"cluster_size": 4096})
-    errors: list[BaseException] = []
     with open_image(path) as image:
 
         def worker(index: int) -> None:
-            try:
-                rng = random.Random(index)
-                for round_ in range(40):
-                    off = (index * 40 + round_) * 16384 + rng.randrange(0, 8192)
-                    data = bytes([index + 1]) * rng.randrange(1, 8192)
-                    image.pwrite(off, [bytearray(data)])
-                    back = bytearray(len(data))
-                    image.pread(off, [back])
-                    assert back == data
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
+            rng = random.Random(index)
+            for round_ in range(40):
+                off = (index * 40 + round_) * 16384 + rng.randrange(0, 8192)
+                data = bytes([index + 1]) * rng.randrange(1, 8192)
+                image.pwrite(off, [bytearray(data)])
+                back = bytearray(len(data))
+                image.pread(off, [back])
+                assert back == data
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_workers(worker, 8)
     assert errors == []
     from kvmkit.block.formats.qcow2.check import check_qcow2
 

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
-from block_judges import assert_image_matches, images_identical, needs_qemu, qemu, qemu_check_clean, qemu_io
+from block_judges import (
+    assert_image_matches,
+    images_identical,
+    needs_qemu,
+    qemu,
+    qemu_check_clean,
+    qemu_io,
+    run_workers,
+)
 
 from kvmkit.block.create import create_image
 from kvmkit.block.formats.qcow2.check import check_qcow2
@@ -168,25 +175,17 @@ def test_concurrent_overlapping_whole_cluster_runs_stay_consistent(tmp_path):
     cs = 4096
     path = str(tmp_path / "c.qcow2")
     create_image(path, "qcow2", 4 * MiB, options={"cluster_size": cs})
-    errors: list[BaseException] = []
     with open_image(path) as image:
 
         def worker(index: int) -> None:
-            try:
-                rng = random.Random(index)
-                for _ in range(60):
-                    at = rng.randrange(0, 4 * MiB // cs - 16) * cs
-                    image.pwrite(at, [bytearray(bytes([index + 1]) * rng.randrange(1, 17) * cs)])
-                    if rng.random() < 0.2:
-                        image.write_zeroes(at, cs * 2)
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
+            rng = random.Random(index)
+            for _ in range(60):
+                at = rng.randrange(0, 4 * MiB // cs - 16) * cs
+                image.pwrite(at, [bytearray(bytes([index + 1]) * rng.randrange(1, 17) * cs)])
+                if rng.random() < 0.2:
+                    image.write_zeroes(at, cs * 2)
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_workers(worker, 6)
         content = bytearray(4 * MiB)
         image.pread(0, [content])
     assert errors == []
