@@ -19,8 +19,8 @@ test: setup lint test-host test-lab
 test-host:
 	scripts/pytest-tier $(PYTEST) -q -m "not lab" tests
 
-# Every lab test in one lab boot. If the lab's own kernel locks up (kvmkit lab exits 120), scripts/pytest-tier
-# runs the tier once more in a fresh lab; failed tests are never retried.
+# Every lab test in one lab boot. If the lab machine itself fails (kvmkit lab exits 120: its kernel locked up, or
+# it reset), scripts/pytest-tier runs the tier once more in a fresh lab; failed tests are never retried.
 test-lab:
 	scripts/pytest-tier $(KVMKIT) lab --timeout 1500 -- $(PYTEST) -q --color=no -p no:cacheprovider \
 		-m lab tests

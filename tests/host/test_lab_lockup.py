@@ -1,11 +1,12 @@
-"""A lab whose own kernel locks up is told apart from a failed job: the console watch, and the tier's one retry."""
+"""A lab machine that fails (its kernel locks up) is told apart from a failed job: the console watch, and the
+tier's one retry."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from kvmkit.lab.runner import LAB_KERNEL_LOCKUP, LockupWatch
+from kvmkit.lab.runner import LAB_MACHINE_FAILED, LockupWatch
 
 TIER = Path(__file__).resolve().parents[2] / "scripts" / "pytest-tier"
 REPORT = "[  93.064192] watchdog: BUG: soft lockup - CPU#0 stuck for {}s! [python:177]\n"
@@ -32,15 +33,15 @@ def run_tier(tmp_path, script: str) -> subprocess.CompletedProcess:
 
 
 def test_tier_runs_once_more_after_a_lab_lockup(tmp_path):
-    done = run_tier(tmp_path, f"echo run >> runs; [ -e locked ] && exit 0; touch locked; exit {LAB_KERNEL_LOCKUP}")
+    done = run_tier(tmp_path, f"echo run >> runs; [ -e locked ] && exit 0; touch locked; exit {LAB_MACHINE_FAILED}")
     assert done.returncode == 0
     assert (tmp_path / "runs").read_text().count("run") == 2
-    assert "LOCKED UP" in done.stderr
+    assert "LAB MACHINE FAILED" in done.stderr
 
 
 def test_tier_gives_up_after_two_lockups_and_never_retries_failed_tests(tmp_path):
-    done = run_tier(tmp_path, f"echo run >> runs; exit {LAB_KERNEL_LOCKUP}")
-    assert done.returncode == LAB_KERNEL_LOCKUP and (tmp_path / "runs").read_text().count("run") == 2
+    done = run_tier(tmp_path, f"echo run >> runs; exit {LAB_MACHINE_FAILED}")
+    assert done.returncode == LAB_MACHINE_FAILED and (tmp_path / "runs").read_text().count("run") == 2
     (tmp_path / "runs").unlink()
     done = run_tier(tmp_path, "echo run >> runs; exit 1")
     assert done.returncode == 1 and (tmp_path / "runs").read_text().count("run") == 1

@@ -31,3 +31,10 @@ def test_lab_without_command_is_an_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kvmkit.cli.main", "lab"], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 2 and "command" in done.stderr
+
+
+def test_a_lab_machine_that_resets_is_an_infrastructure_failure(tmp_path):
+    """The lab's kernel rebooting under the job (here forced with sysrq) is exit 120, not the job's status."""
+    done = kvmkit_lab("sh", "-c", "echo b > /proc/sysrq-trigger; sleep 30; exit 7", cwd=tmp_path)
+    assert done.returncode == 120, done.stderr
+    assert "the lab machine itself reset" in done.stderr

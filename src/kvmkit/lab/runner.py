@@ -23,9 +23,10 @@ from kvmkit.errors import HostError
 from kvmkit.lab.assets import build_lab_assets
 
 LAB_FAILED = 125
-# The lab's own kernel stopped making progress (a soft lockup that lasted LabOptions.lockup_limit): the lab is
-# killed and this status returned, so that a caller can tell an infrastructure failure from a failed job.
-LAB_KERNEL_LOCKUP = 120
+# The lab machine itself failed, not the job: its kernel stopped making progress (a soft lockup that lasted
+# LabOptions.lockup_limit; the lab is then killed), or it reset without its init reporting a status (a panic or
+# a triple fault of the lab's own CPU; QEMU then exits 0 because of -no-reboot). Callers can retry on it.
+LAB_MACHINE_FAILED = 120
 # Variables that describe the caller's session rather than the job; the lab does not inherit them.
 UNSHARED_VARIABLES = {"DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_RUNTIME_DIR",
                       "DBUS_SESSION_BUS_ADDRESS", "TMUX", "TMUX_PANE", "OLDPWD", "PWD", "SHLVL", "_"}
@@ -170,10 +171,14 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
             return _lab_failure(f"the job did not finish within {options.timeout:.0f} s", io_dir)
         if lockup.report is not None:
             _lab_failure(f"the lab's own kernel locked up ({lockup.report}); the lab was stopped", io_dir)
-            return LAB_KERNEL_LOCKUP
+            return LAB_MACHINE_FAILED
         if not status_file.exists():
             detail = f"QEMU exited with {qemu.returncode}" + (f": {qemu_output.strip()}" if qemu_output else "")
-            return _lab_failure(f"the lab stopped without reporting a status ({detail})", io_dir)
+            status = _lab_failure(f"the lab stopped without reporting a status ({detail})", io_dir)
+            if qemu.returncode == 0:  # the lab machine reset (panic or triple fault) under -no-reboot
+                print("kvmkit lab: the lab machine itself reset: an infrastructure failure", file=sys.stderr)
+                return LAB_MACHINE_FAILED
+            return status
         return int(status_file.read_text().strip() or LAB_FAILED)
 
 
