@@ -82,7 +82,24 @@ def qemu_command(options: LabOptions, io_dir: Path) -> list[str]:
     ]
 
 
-class LockupWatch:
+class _Tail:
+    """Reads what the lab has appended to one of its output files since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def read_new(self) -> bytes:
+        try:
+            with self.path.open("rb") as source:
+                source.seek(self.offset)
+                data = source.read()
+        except FileNotFoundError:
+            return b""
+        self.offset += len(data)
+        return data
+
+
+class LockupWatch(_Tail):
     """Reads the lab kernel's console as it grows and finds a soft lockup that has lasted `limit` seconds.
 
     The kernel's watchdog reports a stuck CPU every ~26 s ("watchdog: BUG: soft lockup - CPU#0 stuck for 52s!");
@@ -90,21 +107,15 @@ class LockupWatch:
     """
 
     def __init__(self, path: Path, limit: float) -> None:
-        self.path, self.limit, self.offset = path, limit, 0
+        super().__init__(path)
+        self.limit = limit
         self._partial = b""
         self.report: str | None = None
 
     def check(self) -> str | None:
         """The first console line showing a lockup of at least `limit` seconds, once one has been written."""
         if self.report is None:
-            try:
-                with self.path.open("rb") as console:
-                    console.seek(self.offset)
-                    data = console.read()
-            except FileNotFoundError:
-                return None
-            self.offset += len(data)
-            *lines, self._partial = (self._partial + data).split(b"\n")
+            *lines, self._partial = (self._partial + self.read_new()).split(b"\n")
             for raw in lines:
                 match = SOFT_LOCKUP.search(raw.decode(errors="replace"))
                 if match and int(match.group(1)) >= self.limit:
@@ -113,21 +124,16 @@ class LockupWatch:
         return self.report
 
 
-class _Relay:
+class _Relay(_Tail):
     """Copies what the lab writes into a file to one of our own streams, as it arrives."""
 
     def __init__(self, path: Path, sink: BinaryIO) -> None:
-        self.path, self.sink, self.offset = path, sink, 0
+        super().__init__(path)
+        self.sink = sink
 
     def pump(self) -> None:
-        try:
-            with self.path.open("rb") as source:
-                source.seek(self.offset)
-                data = source.read()
-        except FileNotFoundError:
-            return
+        data = self.read_new()
         if data:
-            self.offset += len(data)
             self.sink.write(data)
             self.sink.flush()
 

@@ -182,17 +182,18 @@ class VirtioNet(VirtioDevice):
     def complete(self) -> None:
         try:
             self.rx.complete()
-            self.rx.refill(rearm=False)
         except VirtqueueError as error:
             self.fail(str(error))
+            return
+        self._refill_rx(rearm=False)
 
-    def _refill_rx(self) -> int:
-        """Out of room for a frame: take the buffers the driver posted since, and ask for a kick for the next.
+    def _refill_rx(self, rearm: bool = True) -> int:
+        """Take the buffers the driver posted since; `rearm` (out of room for a frame) also asks for a kick.
 
         While frames flow, buffers are picked up after each batch (complete) without asking the driver to
         kick, as QEMU keeps RX notifications off while it has buffers: every refill kick is a guest exit."""
         try:
-            return self.rx.refill()
+            return self.rx.refill(rearm)
         except VirtqueueError as error:
             self.fail(str(error))
             return 0
