@@ -3,10 +3,11 @@ tier's one retry."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
-from kvmkit.lab.runner import LAB_MACHINE_FAILED, LockupWatch
+from kvmkit.lab.runner import LAB_MACHINE_FAILED, LockupWatch, heartbeat_age
 
 TIER = Path(__file__).resolve().parents[2] / "scripts" / "pytest-tier"
 REPORT = "[  93.064192] watchdog: BUG: soft lockup - CPU#0 stuck for {}s! [python:177]\n"
@@ -49,3 +50,10 @@ def test_tier_gives_up_after_two_lockups_and_never_retries_failed_tests(tmp_path
 
 def test_tier_treats_an_empty_tier_as_success(tmp_path):
     assert run_tier(tmp_path, "exit 5").returncode == 0
+
+
+def test_heartbeat_age_is_none_before_the_first_beat(tmp_path):
+    assert heartbeat_age(tmp_path, 1000.0) is None
+    (tmp_path / "heartbeat").write_text("1\n")
+    os.utime(tmp_path / "heartbeat", (900.0, 900.0))
+    assert heartbeat_age(tmp_path, 1000.0) == 100.0

@@ -38,3 +38,20 @@ def test_a_lab_machine_that_resets_is_an_infrastructure_failure(tmp_path):
     done = kvmkit_lab("sh", "-c", "echo b > /proc/sysrq-trigger; sleep 30; exit 7", cwd=tmp_path)
     assert done.returncode == 120, done.stderr
     assert "the lab machine itself reset" in done.stderr
+
+
+def test_append_reaches_the_lab_kernel_command_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "kvmkit.cli.main", "lab", "--append", "kvmkit.probe=42", "--",
+                           "cat", "/proc/cmdline"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "kvmkit.probe=42" in done.stdout.split() and "loglevel=5" in done.stdout.split()
+
+
+def test_a_lab_whose_init_stops_beating_is_an_infrastructure_failure(tmp_path):
+    """A hung lab kernel runs no processes, so the init's heartbeat stops; here the heartbeat is frozen on purpose."""
+    done = subprocess.run([sys.executable, "-m", "kvmkit.cli.main", "lab", "--hang-limit", "20", "--", "sh", "-c",
+                           "kill -STOP $(cat /run/kvmkit-lab/heartbeat.pid); sleep 200; exit 7"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 120, done.stderr
+    assert "no heartbeat" in done.stderr

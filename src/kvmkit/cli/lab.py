@@ -1,4 +1,4 @@
-"""`kvmkit lab [--smp N] [--mem SIZE] [--timeout S] [--console] [--append PARAMS] -- COMMAND [ARGS...]`."""
+"""`kvmkit lab [OPTIONS] -- COMMAND [ARGS...]`: run COMMAND in the nested KVM lab (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--console", action="store_true", help="also show the lab kernel's console on stderr")
     parser.add_argument("--append", default="", metavar="PARAMS",
                         help="extra lab kernel parameters, e.g. 'loglevel=7' for every kernel message")
+    parser.add_argument("--hang-limit", type=float, default=120.0, metavar="S",
+                        help="give the lab up (exit 120) after S seconds without its init's heartbeat (default 120)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -28,5 +30,5 @@ def main(argv: list[str]) -> int:
     if args.smp < 1:
         parser.error("--smp must be at least 1")
     options = LabOptions(smp=args.smp, mem=args.mem, timeout=args.timeout, show_console=args.console,
-                         kernel_append=args.append, workdir=Path.cwd())
+                         kernel_append=args.append, hang_limit=args.hang_limit, workdir=Path.cwd())
     return run_in_lab(command, options)

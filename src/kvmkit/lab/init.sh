@@ -29,6 +29,9 @@ mount -t 9p -o "$P9,cache=loose" work "$R$workdir" || fail "cannot mount the wor
 ip link set lo up
 stty -F /dev/ttyS1 raw -echo
 stty -F /dev/ttyS2 raw -echo
+# A heartbeat for the host (kvmkit lab): it stops only if the lab's own kernel stops running its processes.
+( while :; do date +%s > /io/heartbeat; sleep 5; done ) </dev/null >/dev/null 2>&1 &
+echo $! > /io/heartbeat.pid
 echo "kvmkit-lab: ready"
 # Enter the host root as switch_root does (move it over / and chroot there): after a plain chroot the kernel
 # sees the job as chrooted and refuses it user namespaces (EPERM), which passt's sandbox needs. Init keeps

@@ -24,8 +24,9 @@ from kvmkit.lab.assets import build_lab_assets
 
 LAB_FAILED = 125
 # The lab machine itself failed, not the job: its kernel stopped making progress (a soft lockup that lasted
-# LabOptions.lockup_limit; the lab is then killed), or it reset without its init reporting a status (a panic or
-# a triple fault of the lab's own CPU; QEMU then exits 0 because of -no-reboot). Callers can retry on it.
+# LabOptions.lockup_limit, or no heartbeat from its init for LabOptions.hang_limit; the lab is then killed), or it
+# reset without its init reporting a status (a panic or a triple fault of the lab's own CPU; QEMU then exits 0
+# because of -no-reboot). Callers can retry on it.
 LAB_MACHINE_FAILED = 120
 # Variables that describe the caller's session rather than the job; the lab does not inherit them.
 UNSHARED_VARIABLES = {"DISPLAY", "SSH_AUTH_SOCK", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "XDG_RUNTIME_DIR",
@@ -45,6 +46,7 @@ class LabOptions:
     show_console: bool = False
     kernel_append: str = ""  # extra lab kernel parameters (later ones win, e.g. loglevel=7)
     lockup_limit: float = 100.0  # seconds a lab CPU may be reported stuck before the lab is given up
+    hang_limit: float = 120.0  # seconds without a heartbeat from the lab's init before the lab is given up
     workdir: Path = field(default_factory=Path.cwd)
 
 
@@ -124,6 +126,14 @@ class LockupWatch(_Tail):
         return self.report
 
 
+def heartbeat_age(io_dir: Path, now: float) -> float | None:
+    """Seconds since the lab's init last wrote its heartbeat (every 5 s), or None before the first one."""
+    try:
+        return now - (io_dir / "heartbeat").stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 class _Relay(_Tail):
     """Copies what the lab writes into a file to one of our own streams, as it arrives."""
 
@@ -156,6 +166,7 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
         with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) as qemu:
             timed_out = False
+            hung: str | None = None
             next_console_check = started
             while qemu.poll() is None:
                 for relay in relays:
@@ -166,7 +177,12 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
                     timed_out = True
                 elif now >= next_console_check:
                     next_console_check = now + 1.0
+                    age = heartbeat_age(io_dir, time.time())
                     if lockup.check() is not None:
+                        hung = f"the lab's own kernel locked up ({lockup.report})"
+                    elif age is not None and age > options.hang_limit:
+                        hung = f"the lab's init wrote no heartbeat for {age:.0f} s: its kernel is hung"
+                    if hung is not None:
                         qemu.kill()
                 time.sleep(0.05)
             qemu_output = qemu.stdout.read().decode(errors="replace") if qemu.stdout else ""
@@ -175,13 +191,14 @@ def run_in_lab(command: list[str], options: LabOptions) -> int:
         status_file = io_dir / "status"
         if timed_out:
             return _lab_failure(f"the job did not finish within {options.timeout:.0f} s", io_dir)
-        if lockup.report is not None:
-            _lab_failure(f"the lab's own kernel locked up ({lockup.report}); the lab was stopped", io_dir)
+        if hung is not None:
+            _lab_failure(f"{hung}; the lab was stopped", io_dir)
             return LAB_MACHINE_FAILED
         if not status_file.exists():
             detail = f"QEMU exited with {qemu.returncode}" + (f": {qemu_output.strip()}" if qemu_output else "")
             status = _lab_failure(f"the lab stopped without reporting a status ({detail})", io_dir)
-            if qemu.returncode == 0:  # the lab machine reset (panic or triple fault) under -no-reboot
+            # QEMU also exits 0 when killed by a signal from outside; that is not the lab machine resetting
+            if qemu.returncode == 0 and "terminating on signal" not in qemu_output:
                 print("kvmkit lab: the lab machine itself reset: an infrastructure failure", file=sys.stderr)
                 return LAB_MACHINE_FAILED
             return status
