@@ -11,6 +11,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Protocol
 
 from kvmkit.errors import GuestError
@@ -85,6 +86,18 @@ _unpack_u16 = _U16.unpack_from
 _unpack_desc = _DESC.unpack_from
 _iter_desc = _DESC.iter_unpack
 _pack_used = _USED_ELEM.pack_into  # only for used entries the driver cannot read yet (before the idx store)
+
+
+_LONE_FLAGS = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE
+
+
+def _unpack_u16s(count: int, avail: memoryview, slot: int, size: int) -> tuple[int, ...]:
+    """`count` available-ring entries from `slot` on, wrapping at `size`, in at most two unpacks."""
+    first = min(count, size - slot)
+    heads = struct.unpack_from(f"<{first}H", avail, HEADER_SIZE + AVAIL_ENTRY_SIZE * slot)
+    if first < count:
+        heads += struct.unpack_from(f"<{count - first}H", avail, HEADER_SIZE)
+    return heads
 
 
 def _store_u16(area: memoryview, offset: int, value: int) -> None:
@@ -330,7 +343,11 @@ class Virtqueue:
         if not self.ready:
             return into
         rings = self._rings or self._map_rings()
-        avail, size, walk = rings[1], self.size, self._walk_chain
+        table, avail, size, walk = rings[0], rings[1], self.size, self._walk_chain
+        # A lone descriptor inside the biggest RAM window (what network drivers post, one per buffer) is sliced
+        # here; anything else (chains, indirect tables, other regions) takes the full walk.
+        ram_gpa, ram_end, ram = (self._windows or ((0, 0, table),))[0]
+        chain_flags = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT
         last = self.last_avail_idx
         while True:
             count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
@@ -346,14 +363,61 @@ class Virtqueue:
                 raise VirtqueueError(
                     f"virtqueue {self.index}: avail idx moved {count} entries ahead, more than size {size}"
                 )
-            for _ in range(count):
-                head = _unpack_u16(avail, HEADER_SIZE + AVAIL_ENTRY_SIZE * (last % size))[0]
-                if head >= size:
-                    raise VirtqueueError(f"virtqueue {self.index}: available head {head} >= queue size {size}")
-                into.append(walk(head))
-                last = (last + 1) & 0xFFFF
+            try:
+                for _ in range(count):
+                    head = _unpack_u16(avail, HEADER_SIZE + AVAIL_ENTRY_SIZE * (last % size))[0]
+                    if head >= size:
+                        raise VirtqueueError(
+                            f"virtqueue {self.index}: available head {head} >= queue size {size}"
+                        )
+                    addr, length, flags, _next = _unpack_desc(table, DESC_SIZE * head)
+                    if not flags & chain_flags and length and ram_gpa <= addr and addr + length <= ram_end:
+                        view = ram[addr - ram_gpa : addr + length - ram_gpa]
+                        into.append(VirtqueueElement(head, [], [view]) if flags & VIRTQ_DESC_F_WRITE
+                                    else VirtqueueElement(head, [view], []))
+                    else:
+                        into.append(walk(head))
+                    last = (last + 1) & 0xFFFF
+            finally:
+                self.in_flight += (last - self.last_avail_idx) & 0xFFFF
                 self.last_avail_idx = last
-                self.in_flight += 1
+
+    def pop_lone_writable(self, heads: list[int], views: list[memoryview], min_len: int) -> bool:
+        """Pop the available chains that are one device-writable descriptor of at least `min_len` bytes inside
+        the biggest RAM window (what a network driver posts as receive buffers), appending each head and view.
+
+        Stops at the first other chain, returning True (the caller takes it with `pop_all`, which also checks it),
+        or when the ring is empty, returning False. Publishes no avail_event (as `pop_all(rearm=False)`).
+        """
+        if not self.ready or not self._windows:
+            return self.ready and self.pending() > 0
+        rings = self._rings or self._map_rings()
+        table, avail, size = rings[0], rings[1], self.size
+        ram_gpa, ram_end, ram = self._windows[0]
+        first = last = self.last_avail_idx
+        count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
+        if count > size:
+            raise VirtqueueError(
+                f"virtqueue {self.index}: avail idx moved {count} entries ahead, more than size {size}"
+            )
+        slot = last % size
+        ring_heads = _unpack_u16s(count, avail, slot, size)
+        append_head, append_view = heads.append, views.append
+        try:
+            for head in ring_heads:
+                if head >= size:
+                    return True
+                addr, length, flags, _next = _unpack_desc(table, DESC_SIZE * head)
+                if flags & _LONE_FLAGS != VIRTQ_DESC_F_WRITE or length < min_len or not (
+                        ram_gpa <= addr and addr + length <= ram_end):
+                    return True
+                append_head(head)
+                append_view(ram[addr - ram_gpa : addr + length - ram_gpa])
+                last = (last + 1) & 0xFFFF
+            return False
+        finally:
+            self.in_flight += (last - first) & 0xFFFF
+            self.last_avail_idx = last
 
     def _publish_avail_event(self) -> None:
         rings = self._rings or self._map_rings()
@@ -464,14 +528,19 @@ class Virtqueue:
             self.in_flight -= 1
 
     def fill_many(self, completed: list[tuple[int, int]]) -> None:
-        """`fill` for a batch of (head, written_len) pairs."""
+        """`fill` for a batch of (head, written_len) pairs: packed in at most two stores (the ring may wrap)."""
         used = (self._rings or self._map_rings())[2]
-        used_idx, size = self.used_idx, self.size
-        for head, written in completed:
-            _pack_used(used, HEADER_SIZE + USED_ELEM_SIZE * (used_idx % size), head, written & 0xFFFFFFFF)
-            used_idx = (used_idx + 1) & 0xFFFF
+        used_idx, size, total = self.used_idx, self.size, len(completed)
+        done = 0
+        while done < total:
+            slot = used_idx % size
+            count = min(total - done, size - slot)
+            entries = chain.from_iterable(completed[done : done + count])
+            struct.pack_into(f"<{2 * count}I", used, HEADER_SIZE + USED_ELEM_SIZE * slot, *entries)
+            used_idx = (used_idx + count) & 0xFFFF
+            done += count
         self.used_idx = used_idx
-        self.in_flight = max(0, self.in_flight - len(completed))
+        self.in_flight = max(0, self.in_flight - total)
 
     def flush(self) -> None:
         """Publish every filled used entry to the driver (one idx update)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
+from itertools import accumulate
 
 from kvmkit.hw.virtio.net.header import NET_HDR_LEN, NUM_BUFFERS_OFFSET
 from kvmkit.hw.virtio.virtqueue import Virtqueue, VirtqueueElement, VirtqueueError
@@ -75,12 +75,34 @@ class RxPool:
         if self._start >= COMPACT_AT:
             self._compact()
         queue = self.queue
+        before = len(self._heads)
         popped: list[VirtqueueElement] = []
-        try:
-            queue.pop_all(popped, rearm=rearm)
-        finally:
-            self._post(popped)
-        return len(popped)
+        while True:
+            # the common buffer (one writable descriptor) goes straight into the lists; any other through _post
+            new_views: list[memoryview] = []
+            more = queue.pop_lone_writable(self._heads, new_views, NET_HDR_LEN)
+            self._post_views(new_views)
+            if not more and not rearm:
+                break
+            popped.clear()
+            try:
+                queue.pop_all(popped, rearm=rearm)
+            finally:
+                self._post(popped)
+            if not popped:
+                break
+        return len(self._heads) - before
+
+    def _post_views(self, new_views: list[memoryview]) -> None:
+        """Account buffers whose heads pop_lone_writable already appended."""
+        if not new_views:
+            return
+        caps = [len(view) for view in new_views]
+        self._views += new_views
+        self._caps += caps
+        self._ends += accumulate(caps, initial=self._total)
+        del self._ends[-len(caps) - 1]  # accumulate's `initial` is the previous end, already listed
+        self._total = self._ends[-1]
 
     def _post(self, popped: list[VirtqueueElement]) -> None:
         heads, views, caps, ends = self._heads, self._views, self._caps, self._ends
@@ -189,7 +211,7 @@ class RxPool:
         heads = self._heads
         done = self.done
         if last > start:
-            done.extend(zip(islice(heads, start, last), islice(self._caps, start, last), strict=True))
+            done.extend(zip(heads[start:last], self._caps[start:last], strict=True))  # (islice would walk from 0)
             done.append((heads[last], consumed + total - self._ends[last - 1]))
         else:
             done.append((heads[start], total))
