@@ -6,7 +6,7 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import threading
 import time
 from collections import deque
@@ -34,34 +34,44 @@ class TimerHandle:
 
 
 class MainLoop:
-    """A selectors-based event loop; it waits without the BQL and dispatches with it."""
+    """An epoll event loop; it waits without the BQL and dispatches with it.
+
+    epoll is used directly (not `selectors`): an iteration is on the path of every network frame and disk
+    request, and the selectors layer's per-event key objects cost more than the wait itself.
+    """
 
     def __init__(self, bql: Bql, on_error: Callable[[BaseException], None] | None = None) -> None:
         self.bql = bql
         self.on_error = on_error
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._readers: dict[int, Callback] = {}
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._selector.register(self._wake_fd, selectors.EVENT_READ, self._drain_wakeups)
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._timer_lock = threading.Lock()
         self._sequence = itertools.count()
         self._bottom_halves: deque[Callback] = deque()
         self._stopping = False
         self._thread: int | None = None
+        self.add_reader(self._wake_fd, self._drain_wakeups)
 
     # --- registration (from any thread) -------------------------------------------------
 
     def add_reader(self, fd: int, cb: Callback) -> None:
-        """Call `cb()` whenever `fd` is readable."""
-        self._selector.register(fd, selectors.EVENT_READ, cb)
+        """Call `cb()` whenever `fd` is readable (KeyError if `fd` is watched already)."""
+        if fd in self._readers:
+            raise KeyError(f"fd {fd} is already watched")
+        self._epoll.register(fd, select.EPOLLIN)
+        self._readers[fd] = cb
         self._wake_if_other_thread()
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching `fd` (ignored if not watched)."""
+        if self._readers.pop(fd, None) is None:
+            return
         try:
-            self._selector.unregister(fd)
-        except KeyError:
-            pass
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # already closed: epoll forgot it by itself
 
     def call_later(self, delay: float, cb: Callback) -> TimerHandle:
         """Call `cb()` after `delay` seconds (monotonic clock)."""
@@ -90,31 +100,41 @@ class MainLoop:
         self._thread = threading.get_ident()
         self._stopping = False
         bql = getattr(self.bql, "lock", self.bql)  # the raw RLock: no Python frame per iteration
+        poll, readers, call = self._epoll.poll, self._readers, self._call
         try:
             while not self._stopping:
-                ready = self._selector.select(self._timeout())
+                timeout = self._timeout()
+                try:
+                    ready = poll(-1 if timeout is None else timeout)
+                except InterruptedError:
+                    continue
                 with bql:
-                    registered = self._selector.get_map()
-                    for key, _events in ready:
-                        if registered.get(key.fd) is key:  # not removed by an earlier callback
-                            self._call(key.data)
-                    self._run_due_timers()
-                    self._run_bottom_halves()
+                    for fd, _events in ready:
+                        callback = readers.get(fd)
+                        if callback is not None:  # not removed by an earlier callback
+                            call(callback)
+                    if self._timers:
+                        self._run_due_timers()
+                    if self._bottom_halves:
+                        self._run_bottom_halves()
         finally:
             self._thread = None
 
     def close(self) -> None:
-        """Release the selector and the wakeup eventfd."""
-        self._selector.close()
+        """Release the epoll instance and the wakeup eventfd."""
+        self._epoll.close()
         os.close(self._wake_fd)
 
     def _timeout(self) -> float | None:
         if self._bottom_halves:
             return 0
+        timers = self._timers
+        if not timers:  # read without the lock: a timer added meanwhile wakes the loop
+            return None
         with self._timer_lock:
-            if not self._timers:
+            if not timers:
                 return None
-            return max(self._timers[0][0] - time.monotonic(), 0)
+            return max(timers[0][0] - time.monotonic(), 0)
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
