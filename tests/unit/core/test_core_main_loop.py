@@ -89,6 +89,44 @@ def test_removed_reader_is_not_called(loop: MainLoop) -> None:
     assert called == []
 
 
+def test_a_reader_removed_by_an_earlier_callback_of_the_same_wakeup_is_not_called(loop: MainLoop) -> None:
+    pipes = [os.pipe(), os.pipe()]
+    called: list[int] = []
+
+    def first_removes_the_other(index: int) -> None:
+        called.append(index)
+        loop.remove_reader(pipes[1 - index][0])
+        loop.stop()
+
+    for index, (read_end, write_end) in enumerate(pipes):
+        loop.add_reader(read_end, lambda index=index: first_removes_the_other(index))
+        os.write(write_end, b"x")  # both readable before the loop's one wait
+    loop.run()
+    for read_end, write_end in pipes:
+        os.close(read_end)
+        os.close(write_end)
+    assert len(called) == 1
+
+
+def test_a_reader_watched_twice_is_refused_and_a_closed_one_is_removed_quietly(loop: MainLoop) -> None:
+    read_end, write_end = os.pipe()
+    loop.add_reader(read_end, lambda: None)
+    with pytest.raises(KeyError):
+        loop.add_reader(read_end, lambda: None)
+    os.close(read_end)
+    os.close(write_end)
+    loop.remove_reader(read_end)  # the kernel already dropped it from the epoll set
+    loop.remove_reader(read_end)
+    again_read, again_write = os.pipe()  # may reuse the number: watching it again works
+    hits: list[bool] = []
+    loop.add_reader(again_read, lambda: (hits.append(True), loop.stop()))
+    os.write(again_write, b"x")
+    loop.run()
+    os.close(again_read)
+    os.close(again_write)
+    assert hits == [True]
+
+
 def test_call_soon_threadsafe_wakes_the_loop_and_runs_in_the_loop_thread(loop: MainLoop) -> None:
     ran_in: list[int] = []
     thread = run_in_thread(loop)
