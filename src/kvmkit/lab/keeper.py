@@ -2,10 +2,11 @@
 
 The lab's kernel (Linux 6.1) switches SVM on in every CPU when the first VM is created and off when the last one is
 destroyed, each time with an IPI that every CPU must answer; and a vCPU's local APIC moves two kernel static keys,
-which rewrites kernel code on all CPUs. Every failure of the lab machine seen so far (a CPU soft-locked-up in
-`kvm_destroy_vm` waiting for the other CPU, which sat in an int3 handler; a reset; a silent hang) came while a
-nested guest was being created or destroyed. With this VM alive (in-kernel irqchip, one vCPU that never runs), the
-usage count never drops to zero and the keys stay put: guests come and go without either.
+which rewrites kernel code on all CPUs. Most failures of the lab machine seen so far came as a nested guest was
+created or destroyed (a CPU soft-locked-up in `kvm_destroy_vm` waiting for the other CPU's answer, which sat in an
+int3 handler; a reset and a silent hang as guests booted). With this VM alive (in-kernel irqchip, one vCPU that never
+runs) the usage count never drops to zero and the keys stay put, so guests come and go without either. (Another
+failure, a corrupted GS base inside a QEMU guest's KVM_RUN, is not of this kind.)
 """
 
 from __future__ import annotations
