@@ -46,6 +46,9 @@ class FakeLoop:
                 if callback is not None:
                     callback()  # type: ignore[operator]
 
+    def call_soon(self, cb: object) -> None:
+        self.timers.append((0.0, cb))  # a bottom half: fired with the timers
+
     def fire_timers(self) -> None:
         timers, self.timers = self.timers, []
         for _, cb in timers:

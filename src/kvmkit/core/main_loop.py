@@ -83,6 +83,13 @@ class MainLoop:
             self._wake_if_other_thread()
         return handle
 
+    def call_soon(self, cb: Callback) -> None:
+        """Queue a bottom half without a timer: `cb()` runs once the fds ready now are served (in this iteration if
+        queued by a callback of it). No clock read, no lock, no wakeup write from the loop's own thread: for work
+        a device defers on every frame (virtio-net's second look at its TX ring)."""
+        self._bottom_halves.append(cb)
+        self._wake_if_other_thread()
+
     def call_soon_threadsafe(self, cb: Callback) -> None:
         """Queue a bottom half: `cb()` runs soon in the loop thread, holding the BQL."""
         self._bottom_halves.append(cb)

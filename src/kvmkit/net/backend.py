@@ -30,6 +30,8 @@ class MainLoopLike(Protocol):
 
     def call_later(self, delay: float, cb: Callable[[], object]) -> object: ...
 
+    def call_soon(self, cb: Callable[[], object]) -> None: ...
+
 
 class RxSink(Protocol):
     """The receive side of a NIC as a backend sees it."""

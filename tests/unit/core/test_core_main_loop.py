@@ -127,6 +127,31 @@ def test_a_reader_watched_twice_is_refused_and_a_closed_one_is_removed_quietly(l
     assert hits == [True]
 
 
+def test_call_soon_runs_after_the_ready_fds_and_again_only_after_a_fresh_look_at_them(loop: MainLoop) -> None:
+    read_end, write_end = os.pipe()
+    order: list[str] = []
+
+    def readable() -> None:
+        os.read(read_end, 1)
+        order.append("fd")
+        loop.call_soon(first_look)
+
+    def first_look() -> None:
+        order.append("soon")
+        os.write(write_end, b"y")  # readable again before the next bottom half
+        loop.remove_reader(read_end)
+        loop.add_reader(read_end, lambda: (os.read(read_end, 1), order.append("fd again")))
+        loop.call_soon(lambda: (order.append("soon again"), loop.stop()))
+
+    loop.add_reader(read_end, readable)
+    os.write(write_end, b"x")
+    loop.run()
+    os.close(read_end)
+    os.close(write_end)
+    assert order == ["fd", "soon", "fd again", "soon again"]
+    assert len(loop._timers) == 1  # only the fixture's watchdog: call_soon queued no timer
+
+
 def test_call_soon_threadsafe_wakes_the_loop_and_runs_in_the_loop_thread(loop: MainLoop) -> None:
     ran_in: list[int] = []
     thread = run_in_thread(loop)

@@ -79,7 +79,7 @@ class VirtioNet(VirtioDevice):
         self.active = False
         self._rx_timer: Any = None
         self._tx_timer: Any = None
-        self._tx_poll: Any = None  # a pending second look at the TX ring (see _poll_tx_soon)
+        self._tx_poll = False  # a second look at the TX ring is queued (see _poll_tx_soon)
         self.vhost: Any = None  # kvmkit.net.vhost.VhostNet when the kernel moves the data
         backend.start(loop, self, self)
 
@@ -289,11 +289,12 @@ class VirtioNet(VirtioDevice):
         """Come back to the TX ring from the main loop rather than re-arm its kick now (as QEMU's tx=bh): a
         guest sending a stream queues frames meanwhile without exiting for each; a pass that finds the ring
         empty publishes avail_event, so the next frame kicks again."""
-        if self._tx_poll is None:
-            self._tx_poll = self.loop.call_later(0, self._poll_tx)
+        if not self._tx_poll:
+            self._tx_poll = True
+            self.loop.call_soon(self._poll_tx)  # a bottom half: no timer, no clock read (each pass of a stream)
 
     def _poll_tx(self) -> None:
-        self._tx_poll = None
+        self._tx_poll = False
         self.resume_tx()
 
     def _hold_tx(self) -> None:
