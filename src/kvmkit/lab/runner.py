@@ -50,9 +50,6 @@ class LabOptions:
     workdir: Path = field(default_factory=Path.cwd)
 
 
-IO_MOUNT = "/run/kvmkit-lab"  # where the lab's init binds the io share inside the host root (init.sh)
-
-
 def _job_script(command: list[str], workdir: Path) -> str:
     lines = ["#!/bin/sh"]
     for name, value in sorted(os.environ.items()):
@@ -61,9 +58,6 @@ def _job_script(command: list[str], workdir: Path) -> str:
         lines.append(f"export {name}={shlex.quote(value)}")
     lines.append("export KVMKIT_IN_LAB=1")
     lines.append(f"cd {shlex.quote(str(workdir))} || exit {LAB_FAILED}")
-    # an idle VM for the lab's whole life: guests then come and go without KVM switching SVM on and off (keeper.py)
-    keeper = shlex.join([sys.executable, "-m", "kvmkit.lab.keeper"])
-    lines.append(f"{keeper} </dev/null >{IO_MOUNT}/keeper.log 2>&1 &")
     lines.append("exec " + shlex.join(command))
     return "\n".join(lines) + "\n"
 
