@@ -88,7 +88,8 @@ _iter_desc = _DESC.iter_unpack
 _pack_used = _USED_ELEM.pack_into  # only for used entries the driver cannot read yet (before the idx store)
 
 
-_LONE_FLAGS = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE
+_CHAIN_FLAGS = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT  # a descriptor with neither is a whole chain
+_LONE_FLAGS = _CHAIN_FLAGS | VIRTQ_DESC_F_WRITE
 
 
 def _unpack_u16s(count: int, avail: memoryview, slot: int, size: int) -> tuple[int, ...]:
@@ -347,7 +348,6 @@ class Virtqueue:
         # A lone descriptor inside the biggest RAM window (what network drivers post, one per buffer) is sliced
         # here; anything else (chains, indirect tables, other regions) takes the full walk.
         ram_gpa, ram_end, ram = (self._windows or ((0, 0, table),))[0]
-        chain_flags = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT
         last = self.last_avail_idx
         while True:
             count = (_unpack_u16(avail, IDX_OFFSET)[0] - last) & 0xFFFF
@@ -371,7 +371,7 @@ class Virtqueue:
                             f"virtqueue {self.index}: available head {head} >= queue size {size}"
                         )
                     addr, length, flags, _next = _unpack_desc(table, DESC_SIZE * head)
-                    if not flags & chain_flags and length and ram_gpa <= addr and addr + length <= ram_end:
+                    if not flags & _CHAIN_FLAGS and length and ram_gpa <= addr and addr + length <= ram_end:
                         view = ram[addr - ram_gpa : addr + length - ram_gpa]
                         into.append(VirtqueueElement(head, [], [view]) if flags & VIRTQ_DESC_F_WRITE
                                     else VirtqueueElement(head, [view], []))

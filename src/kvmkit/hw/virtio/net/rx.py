@@ -100,9 +100,9 @@ class RxPool:
         caps = [len(view) for view in new_views]
         self._views += new_views
         self._caps += caps
-        self._ends += accumulate(caps, initial=self._total)
-        del self._ends[-len(caps) - 1]  # accumulate's `initial` is the previous end, already listed
-        self._total = self._ends[-1]
+        ends = list(accumulate(caps, initial=self._total))[1:]  # running ends continue from the last posted one
+        self._ends += ends
+        self._total = ends[-1]
 
     def _post(self, popped: list[VirtqueueElement]) -> None:
         heads, views, caps, ends = self._heads, self._views, self._caps, self._ends
